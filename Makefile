@@ -1,0 +1,39 @@
+# `make lab` and `make test` each set up .venv first (once; again when pyproject.toml changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: install lab test unit notebooks weights benchmarks clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[course]"
+	touch $@
+
+## Open the course in JupyterLab at notebook 00.
+lab: install
+	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+
+## Unit tests plus every notebook under nbval (the command CI runs).
+test: install
+	$(BIN)/python -m pytest
+
+## Unit tests only (fast).
+unit: install
+	$(BIN)/python -m pytest tests -p no:nbval
+
+## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel.
+notebooks: install
+	@for nb in $(NOTEBOOKS); do \
+		echo "executing $$nb"; \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

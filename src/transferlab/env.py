@@ -1,0 +1,116 @@
+"""Reproducibility, device choice and an environment report for the course."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "get_device", "network_available", "EnvReport", "environment_report"]
+
+# A host that serves torchvision's pretrained weights: reaching it means the ImageNet track can download.
+WEIGHTS_HOST = ("download.pytorch.org", 443)
+
+
+def seed_everything(seed: int = 0, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and PyTorch (all devices); optionally ask for deterministic kernels.
+
+    Example:
+        >>> seed_everything(0); a = torch.rand(2); seed_everything(0); torch.equal(a, torch.rand(2))
+        True
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        # cuBLAS needs this workspace setting to be deterministic on CUDA >= 10.2.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return the best available device: ``cuda``, then ``mps``, then ``cpu``.
+
+    ``prefer`` (or the environment variable ``TRANSFERLAB_DEVICE``) forces one, e.g. ``"cpu"``.
+    """
+    choice = prefer or os.environ.get("TRANSFERLAB_DEVICE")
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {choice!r} was asked for but CUDA is not available; use 'cpu'.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {choice!r} was asked for but MPS is not available; use 'cpu'.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def network_available(host: tuple[str, int] = WEIGHTS_HOST, timeout: float = 2.0) -> bool:
+    """True if a TCP connection to ``host`` opens within ``timeout`` seconds.
+
+    The check runs in a daemon thread, so a DNS lookup that hangs offline cannot block the caller
+    for longer than ``timeout``.
+    """
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(host, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+@dataclass(frozen=True)
+class EnvReport:
+    """What the course needs to know about the machine it runs on."""
+
+    python: str
+    torch: str
+    torchvision: str
+    torchinfo: str
+    device: str
+    cpu_threads: int
+    hub_cache: str
+    online: bool
+
+    def __str__(self) -> str:
+        width = max(len(k) for k in asdict(self))
+        return "\n".join(f"{k:<{width}} : {v}" for k, v in asdict(self).items())
+
+
+def environment_report(check_network: bool = True, timeout: float = 2.0) -> EnvReport:
+    """Collect versions, device, CPU threads, the torch hub cache and whether the network is reachable."""
+    return EnvReport(
+        python=platform.python_version(),
+        torch=_version("torch"),
+        torchvision=_version("torchvision"),
+        torchinfo=_version("torchinfo"),
+        device=str(get_device()),
+        cpu_threads=torch.get_num_threads(),
+        hub_cache=torch.hub.get_dir(),
+        online=network_available(timeout=timeout) if check_network else False,
+    )

@@ -1,0 +1,82 @@
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from transferlab import env
+
+
+def draw() -> tuple:
+    import random
+
+    return random.random(), float(np.random.rand()), torch.rand(3)
+
+
+def test_seed_everything_repeats_python_numpy_and_torch():
+    env.seed_everything(123)
+    a = draw()
+    env.seed_everything(123)
+    b = draw()
+    env.seed_everything(124)
+    c = draw()
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+    assert a[0] != c[0] and not torch.equal(a[2], c[2])
+
+
+def test_seed_everything_turns_on_deterministic_algorithms():
+    torch.use_deterministic_algorithms(False)
+    env.seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+    env.seed_everything(0, deterministic=False)  # leaves the setting alone
+    assert torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+
+
+def test_get_device_defaults_and_override(monkeypatch):
+    monkeypatch.delenv("TRANSFERLAB_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert env.get_device().type == expected
+    monkeypatch.setenv("TRANSFERLAB_DEVICE", "cpu")
+    assert env.get_device() == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_get_device_refuses_missing_cuda():
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        env.get_device("cuda")
+
+
+def test_network_check_returns_within_timeout_even_if_dns_hangs(monkeypatch):
+    def hang(*args, **kwargs):
+        time.sleep(30)
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    assert env.network_available(timeout=0.5) is False
+    assert time.perf_counter() - start < 1.5
+
+
+def test_network_check_sees_a_local_listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+    try:
+        assert env.network_available(("127.0.0.1", port), timeout=2.0) is True
+    finally:
+        server.close()
+
+
+def test_environment_report_fields(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    report = env.environment_report(check_network=False)
+    assert report.torch == torch.__version__.split("+")[0] or report.torch == torch.__version__
+    assert report.hub_cache == str(tmp_path / "hub")
+    assert report.cpu_threads == torch.get_num_threads()
+    assert report.online is False
+    text = str(report)
+    assert "torchvision" in text and "hub_cache" in text
