@@ -84,6 +84,13 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _version_of_module(name: str) -> str:
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return "not installed"
+
+
 @dataclass(frozen=True)
 class EnvReport:
     """What the course needs to know about the machine it runs on."""
@@ -106,8 +113,8 @@ def environment_report(check_network: bool = True, timeout: float = 2.0) -> EnvR
     """Collect versions, device, CPU threads, the torch hub cache and whether the network is reachable."""
     return EnvReport(
         python=platform.python_version(),
-        torch=_version("torch"),
-        torchvision=_version("torchvision"),
+        torch=torch.__version__,
+        torchvision=_version_of_module("torchvision"),
         torchinfo=_version("torchinfo"),
         device=str(get_device()),
         cpu_threads=torch.get_num_threads(),
