@@ -2,6 +2,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# JupyterLab refuses to start as root unless told; containers often run as root.
+ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lab test unit notebooks weights benchmarks clean
@@ -14,9 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[course]"
 	touch $@
 
-## Open the course in JupyterLab at notebook 00.
+## Open the course in JupyterLab at notebook 00 (extra options: make lab LAB_ARGS="--no-browser --port 8890").
 lab: install
-	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) notebooks/00_start_here.ipynb
 
 ## Unit tests plus every notebook under nbval (the command CI runs).
 test: install
@@ -24,7 +26,7 @@ test: install
 
 ## Unit tests only (fast).
 unit: install
-	$(BIN)/python -m pytest tests -p no:nbval
+	$(BIN)/python -m pytest tests
 
 ## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel.
 notebooks: install

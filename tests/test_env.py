@@ -50,6 +50,7 @@ def test_get_device_refuses_missing_cuda():
 
 
 def test_network_check_returns_within_timeout_even_if_dns_hangs(monkeypatch):
+    monkeypatch.delenv("TRANSFERLAB_OFFLINE", raising=False)
     def hang(*args, **kwargs):
         time.sleep(30)
 
@@ -59,7 +60,16 @@ def test_network_check_returns_within_timeout_even_if_dns_hangs(monkeypatch):
     assert time.perf_counter() - start < 1.5
 
 
-def test_network_check_sees_a_local_listener():
+def test_offline_switch_never_connects(monkeypatch):
+    calls = []
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: calls.append(a))
+    monkeypatch.setenv("TRANSFERLAB_OFFLINE", "1")
+    assert env.network_available() is False
+    assert calls == []
+
+
+def test_network_check_sees_a_local_listener(monkeypatch):
+    monkeypatch.delenv("TRANSFERLAB_OFFLINE", raising=False)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)

@@ -1,0 +1,46 @@
+"""The README's first command opens the course in JupyterLab: start it headless, list the notebooks, stop it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from conftest import NOTEBOOKS, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_jupyterlab_serves_the_notebooks(tmp_path):
+    port, token = free_port(), "transferlab-test"
+    # the same invocation as `make lab`, plus what a headless start needs
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", "notebooks/00_start_here.ipynb"]
+    if os.geteuid() == 0:
+        cmd.insert(4, "--allow-root")
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "config"))
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents/",
+                                         headers={"Authorization": f"token {token}"})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    listing = json.load(reply)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 60 s"
+                time.sleep(0.5)
+        served = sorted(item["name"] for item in listing["content"] if item["type"] == "notebook")
+        assert served == [p.name for p in NOTEBOOKS]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
