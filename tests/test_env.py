@@ -51,13 +51,19 @@ def test_get_device_refuses_missing_cuda():
 
 def test_network_check_returns_within_timeout_even_if_dns_hangs(monkeypatch):
     monkeypatch.delenv("TRANSFERLAB_OFFLINE", raising=False)
-    def hang(*args, **kwargs):
-        time.sleep(30)
+    release = threading.Event()
+
+    def hang(*args, **kwargs):  # a DNS lookup that never answers, until the test ends
+        release.wait(30)
+        raise OSError("simulated hang")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     start = time.perf_counter()
-    assert env.network_available(timeout=0.5) is False
-    assert time.perf_counter() - start < 1.5
+    try:
+        assert env.network_available(timeout=0.5) is False
+        assert time.perf_counter() - start < 1.5
+    finally:
+        release.set()
 
 
 def test_offline_switch_never_connects(monkeypatch):
