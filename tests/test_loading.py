@@ -261,3 +261,14 @@ def test_wrong_channel_count_is_a_clear_error(bad):
 def test_in_chans_must_be_positive():
     with pytest.raises(ValueError, match="in_chans"):
         adapt_input_conv(nn.Conv2d(3, 4, 3), 0)
+
+
+def test_report_repr_summarises_each_category():
+    source = {k: v for k, v in seeded().state_dict().items() if not k.startswith("bn.")}
+    source["extra.weight"] = torch.zeros(2)
+    text = repr(load_matching(seeded(seed=3), source, exclude=("fc.",)))
+    lines = text.splitlines()
+    assert lines[0] == "LoadReport: 2 loaded, 0 shape-mismatched, 5 missing, 1 unexpected, 2 excluded"
+    assert lines[1] == "  missing (model keeps its values) 5 [bn: 5]: bn.weight, bn.bias, bn.running_mean, ..."
+    assert lines[2] == "  unexpected (ignored) 1 [extra: 1]: extra.weight"
+    assert lines[3] == "  excluded (model keeps its values) 2 [fc: 2]: fc.weight, fc.bias"

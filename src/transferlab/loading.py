@@ -7,7 +7,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +157,13 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def _lines(title: str, items: Sequence[str], limit: int = 8) -> list[str]:
-    shown = [f"  {title}: {item}" for item in items[:limit]]
-    return shown + ([f"  {title}: ... and {len(items) - limit} more"] if len(items) > limit else [])
+def _summary(title: str, keys: Sequence[str], shown: int = 3) -> list[str]:
+    """One line per category: count, count per top-level module, the first few keys."""
+    if not keys:
+        return []
+    groups = Counter(k.split(".", 1)[0] for k in keys)
+    names = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+    return [f"  {title} {len(keys)} [{', '.join(f'{g}: {n}' for g, n in groups.items())}]: {names}"]
 
 
 @dataclass
@@ -190,13 +194,16 @@ class LoadReport:
             f"LoadReport: {len(self.loaded)} loaded, {len(self.shape_mismatched)} shape-mismatched, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.excluded)} excluded"
         )
-        mism = [f"{k} source {list(s)} vs model {list(m)}" for k, (s, m) in self.shape_mismatched.items()]
+        mism = [f"  shape mismatch (not loaded): {k} source {list(s)} vs model {list(m)}"
+                for k, (s, m) in self.shape_mismatched.items()]
+        if len(mism) > 8:
+            mism = mism[:8] + [f"  shape mismatch (not loaded): ... and {len(mism) - 8} more"]
         return "\n".join(
             [head]
-            + _lines("shape mismatch (kept model's)", mism)
-            + _lines("missing (kept model's)", self.missing)
-            + _lines("unexpected (ignored)", self.unexpected)
-            + _lines("excluded (kept model's)", self.excluded)
+            + mism
+            + _summary("missing (model keeps its values)", self.missing)
+            + _summary("unexpected (ignored)", self.unexpected)
+            + _summary("excluded (model keeps its values)", self.excluded)
         )
 
 
