@@ -91,3 +91,14 @@ def test_freeze_bn_in_a_torchvision_resnet():
     model(torch.randn(2, 3, 32, 32))
     assert all(torch.equal(bn.running_mean, b) for bn, b in zip(bns, before))
     assert len(bns) == 20
+
+
+def test_unfreeze_bn_on_a_deep_copy_leaves_the_original_frozen():
+    original = freeze_bn(small_net())
+    copy_ = unfreeze_bn(copy.deepcopy(original))
+    x = torch.randn(8, 3, 8, 8) + 2.0
+    before = original[1].running_mean.clone()
+    original.train()(x)
+    assert torch.equal(original[1].running_mean, before)
+    copy_.train()(x)
+    assert not torch.equal(copy_[1].running_mean, before)

@@ -11,10 +11,6 @@ from torch.nn.modules.batchnorm import _BatchNorm  # base class of BatchNorm1d/2
 
 __all__ = ["freeze", "unfreeze", "freeze_bn", "unfreeze_bn", "ParamCount", "count_parameters"]
 
-# Attribute under which freeze_bn keeps its hook handle, so the freeze can be undone and is not applied twice.
-_HOOK_ATTR = "_transferlab_bn_freeze_hook"
-
-
 def _targets(module: nn.Module, submodules: str | Iterable[str] | None) -> list[nn.Module]:
     """``module`` itself, or the named submodules (dotted names such as ``"layer4.1"``)."""
     if submodules is None:
@@ -101,8 +97,8 @@ def freeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None) 
                 for p in m.parameters():
                     p.requires_grad_(False)
                 m.eval()
-                if getattr(m, _HOOK_ATTR, None) is None:
-                    setattr(m, _HOOK_ATTR, m.register_forward_pre_hook(_keep_in_eval))
+                if _keep_in_eval not in m._forward_pre_hooks.values():  # not twice
+                    m.register_forward_pre_hook(_keep_in_eval)
     return module
 
 
@@ -114,10 +110,9 @@ def unfreeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None
     for target in _targets(module, submodules):
         for m in target.modules():
             if isinstance(m, _BatchNorm):
-                handle = getattr(m, _HOOK_ATTR, None)
-                if handle is not None:
-                    handle.remove()
-                    setattr(m, _HOOK_ATTR, None)
+                # Found by identity rather than through a stored handle, so this also works on a copy.deepcopy.
+                for hook_id in [k for k, hook in m._forward_pre_hooks.items() if hook is _keep_in_eval]:
+                    del m._forward_pre_hooks[hook_id]
                 for p in m.parameters():
                     p.requires_grad_(True)
     return module
