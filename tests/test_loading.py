@@ -272,3 +272,9 @@ def test_report_repr_summarises_each_category():
     assert lines[1] == "  missing (model keeps its values) 5 [bn: 5]: bn.weight, bn.bias, bn.running_mean, ..."
     assert lines[2] == "  unexpected (ignored) 1 [extra: 1]: extra.weight"
     assert lines[3] == "  excluded (model keeps its values) 2 [fc: 2]: fc.weight, fc.bias"
+
+
+def test_load_matching_from_another_model():
+    source, target = seeded(n_out=10, seed=1), seeded(seed=2)
+    report = load_matching(target, source, strict=True, exclude=("fc.",))
+    assert report.complete and torch.equal(target.bn.running_var, source.bn.running_var)
