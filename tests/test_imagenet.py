@@ -188,7 +188,7 @@ def test_file_with_wrong_shapes_is_not_loaded():
     state_dict = random_state_dict("resnet18")
     state_dict["fc.weight"] = torch.zeros(10, 512)
     plant(ResNet18_Weights.DEFAULT, state_dict)
-    with pytest.raises(WeightsFileError, match=r"1 keys of the wrong shape \(e.g. fc.weight\)"):
+    with pytest.raises(WeightsFileError, match=r"1 key of the wrong shape \(e.g. fc.weight\)"):
         imagenet_model("resnet18")
 
 

@@ -174,7 +174,11 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],
         "unexpected": [k for k in found if k not in expected],
         "of the wrong shape": [k for k in expected if k in found and found[k].shape != expected[k].shape],
     }
-    return "; ".join(f"{len(keys)} keys {what} (e.g. {', '.join(keys[:show])})" for what, keys in groups.items() if keys)
+    return "; ".join(
+        f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} (e.g. {', '.join(keys[:show])})"
+        for what, keys in groups.items()
+        if keys
+    )
 
 
 def pretrained_model(name: str, track: str = "offline", **load_kwargs) -> nn.Module:
