@@ -1,0 +1,197 @@
+"""The ImageNet track: torchvision's pretrained weights from the local cache or, when online, the network.
+
+torchvision keeps downloaded weights in ``$TORCH_HOME/hub/checkpoints/`` under the file name at the end of
+``weights.url``. These helpers look there first, check that the download host answers before they try the
+network, and otherwise fail within seconds with a message that says how to get the file. Files are always
+read with ``torch.load(..., weights_only=True)``, so no pickled code runs.
+
+Example:
+    >>> model = imagenet_model("resnet18")                      # doctest: +SKIP
+    >>> model = pretrained_model("vgg16", track="offline")       # random weights, no file needed
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights
+
+from transferlab.env import network_available
+
+__all__ = [
+    "TRACKS",
+    "WeightsUnavailableError",
+    "WeightsFileError",
+    "get_track",
+    "resolve_weights",
+    "cached_weights_path",
+    "imagenet_state_dict",
+    "imagenet_model",
+    "pretrained_model",
+]
+
+TRACKS = ("offline", "imagenet")
+TRACK_ENV = "TRANSFERLAB_TRACK"
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """The weights file is not in the cache and cannot be downloaded now."""
+
+
+class WeightsFileError(RuntimeError):
+    """The weights file is in the cache but cannot be read, or does not fit the model."""
+
+
+def get_track(default: str = "offline") -> str:
+    """Return the track chosen by the environment variable ``TRANSFERLAB_TRACK`` (else ``default``).
+
+    Example:
+        >>> get_track()  # with TRANSFERLAB_TRACK unset
+        'offline'
+    """
+    track = os.environ.get(TRACK_ENV, default).strip().lower()
+    if track not in TRACKS:
+        raise ValueError(f"{TRACK_ENV}={track!r} is not a track; use one of {TRACKS}.")
+    return track
+
+
+def resolve_weights(name: str, weights: str | WeightsEnum = "DEFAULT") -> WeightsEnum:
+    """Turn ``"DEFAULT"``, a member name like ``"IMAGENET1K_V2"`` or an enum member into ``name``'s weights.
+
+    Example:
+        >>> resolve_weights("resnet18")
+        ResNet18_Weights.IMAGENET1K_V1
+    """
+    try:
+        enum = get_model_weights(name)
+    except ValueError as error:
+        raise ValueError(f"unknown model {name!r}; see torchvision.models.list_models() for the names.") from error
+    if isinstance(weights, WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(f"{weights} are not weights of {name!r}; use one of {[str(w) for w in enum]}.")
+        return weights
+    if weights == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[weights]
+    except KeyError:
+        raise ValueError(f"{name!r} has no weights {weights!r}; use one of {[w.name for w in enum]}.") from None
+
+
+def cached_weights_path(weights: WeightsEnum) -> Path:
+    """Where torchvision caches ``weights``: ``$TORCH_HOME/hub/checkpoints/<file name of weights.url>``.
+
+    Example:
+        >>> from torchvision.models import ResNet18_Weights
+        >>> cached_weights_path(ResNet18_Weights.DEFAULT).name
+        'resnet18-f37072fd.pth'
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _unavailable_message(weights: WeightsEnum, path: Path, reason: str) -> str:
+    return (
+        f"{weights} are not in the cache: expected the file {path}, and {reason}. "
+        f"To get it there: run this once while online (it downloads {weights.url}), "
+        f"or copy the file {path.name} from a machine that has it into {path.parent}/. "
+        f"Or stay on the offline track (TRANSFERLAB_TRACK=offline)."
+    )
+
+
+def imagenet_state_dict(
+    weights: WeightsEnum, *, allow_download: bool = True, timeout: float = 2.0, progress: bool = True
+) -> dict[str, torch.Tensor]:
+    """Load the state_dict of torchvision ``weights`` from the cache, downloading it only when reachable.
+
+    Args:
+        weights: a torchvision weights enum member, e.g. ``ResNet18_Weights.IMAGENET1K_V1``.
+        allow_download: if False, never use the network (behaves as if offline).
+        timeout: seconds to wait for the download host before giving up.
+        progress: show a progress bar while downloading.
+    Returns:
+        The state_dict (tensors on the CPU), read with ``weights_only=True``.
+    Raises:
+        WeightsUnavailableError: the file is absent and cannot be downloaded (raised within ``timeout`` s).
+        WeightsFileError: the cached file is corrupt or is not a state_dict.
+    """
+    path = cached_weights_path(weights)
+    if not path.is_file():
+        if not allow_download:
+            raise WeightsUnavailableError(_unavailable_message(weights, path, "downloading is switched off"))
+        if not network_available(timeout=timeout):
+            raise WeightsUnavailableError(_unavailable_message(weights, path, "the network is not reachable"))
+    try:
+        # check_hash applies to a download only: the file name carries the first digits of its SHA-256.
+        state_dict = torch.hub.load_state_dict_from_url(
+            weights.url, map_location="cpu", progress=progress, check_hash=True, weights_only=True
+        )
+    except Exception as error:
+        if not path.is_file():  # the download itself failed
+            raise WeightsUnavailableError(_unavailable_message(weights, path, f"the download failed ({error})")) from error
+        raise WeightsFileError(
+            f"cannot read {path} as {weights}: {type(error).__name__}: {error}. The file is corrupt, truncated or "
+            f"not a state_dict: delete it, then download it again or copy a good copy of {path.name} there."
+        ) from error
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise WeightsFileError(f"{path} does not hold a flat state_dict of tensors; delete it and get {weights.url}.")
+    return state_dict
+
+
+def imagenet_model(name: str, weights: str | WeightsEnum = "DEFAULT", **load_kwargs) -> nn.Module:
+    """Build torchvision model ``name`` with its ImageNet ``weights`` (cache first, network if reachable).
+
+    Every tensor must fit: nothing is loaded in part (``strict=True``).
+
+    Args:
+        name: a torchvision model name, e.g. ``"resnet18"``, ``"resnet50"``, ``"vgg16"``.
+        weights: ``"DEFAULT"``, a member name such as ``"IMAGENET1K_V2"``, or an enum member.
+        **load_kwargs: passed to :func:`imagenet_state_dict` (``allow_download``, ``timeout``, ``progress``).
+    Returns:
+        The model (in train mode, as torchvision returns it). Get its preprocessing from
+        ``resolve_weights(name, weights).transforms()``.
+    """
+    weights = resolve_weights(name, weights)
+    state_dict = imagenet_state_dict(weights, **load_kwargs)
+    model = get_model(name, weights=None, num_classes=len(weights.meta["categories"]))
+    problems = _mismatch(model.state_dict(), state_dict)
+    if problems:
+        raise WeightsFileError(
+            f"{cached_weights_path(weights)} does not fit {name!r}: {problems}. "
+            "Delete the file, then download it again or copy the right file there."
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], show: int = 3) -> str:
+    """Describe missing, unexpected and wrongly shaped keys in a line ('' when the two fit)."""
+    groups = {
+        "missing": [k for k in expected if k not in found],
+        "unexpected": [k for k in found if k not in expected],
+        "of the wrong shape": [k for k in expected if k in found and found[k].shape != expected[k].shape],
+    }
+    return "; ".join(
+        f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} (e.g. {', '.join(keys[:show])})"
+        for what, keys in groups.items()
+        if keys
+    )
+
+
+def pretrained_model(name: str, track: str = "offline", **load_kwargs) -> nn.Module:
+    """The model a notebook uses on ``track``: random weights offline, ImageNet weights on ``"imagenet"``.
+
+    The offline track gives torchvision's random initialisation: for architecture-only lessons.
+
+    Example:
+        >>> pretrained_model("resnet18", track="offline").fc
+        Linear(in_features=512, out_features=1000, bias=True)
+    """
+    if track not in TRACKS:
+        raise ValueError(f"track {track!r} is not one of {TRACKS}.")
+    if track == "imagenet":
+        return imagenet_model(name, **load_kwargs)
+    return get_model(name, weights=None)
