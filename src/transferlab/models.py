@@ -1,0 +1,124 @@
+"""TinyResNet: the course's own small ResNet and its pretrained weights, published like torchvision's.
+
+The network is torchvision's ResNet machinery (``BasicBlock``, ``ResNet._make_layer``, ``ResNet.forward``) with one
+block per stage, widths 32-64-128-256 and a stem made for 32x32 inputs (3x3 stride-1 conv, then a 2x2 max-pool), so
+layer4 still sees a 2x2 map. Module names are torchvision's (``conv1, bn1, relu, maxpool, layer1..layer4, avgpool,
+fc``): every freezing, head-replacement and partial-loading helper works on it and on ``resnet18`` alike.
+
+``TinyResNet_Weights.LETTERS_V1`` (= ``DEFAULT``) was pretrained by ``python -m transferlab.pretrain`` on the
+source task of :mod:`transferlab.data` (52 printed letters in 32x32 scenes). The checkpoint ships inside the
+package (``transferlab/weights/``), so loading needs no network.
+
+Example:
+    >>> weights = TinyResNet_Weights.DEFAULT
+    >>> model = tiny_resnet(weights=weights).eval()
+    >>> preprocess = weights.transforms()
+    >>> len(weights.meta["categories"])
+    52
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models._api import Weights, WeightsEnum
+from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.transforms import Normalize
+
+__all__ = ["TinyResNet", "TinyResNet_Weights", "tiny_resnet", "WEIGHTS_DIR", "NORM_MEAN", "NORM_STD"]
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+_CHECKPOINT = os.path.join(WEIGHTS_DIR, "tiny_resnet_letters_v1.pt")
+_META = os.path.join(WEIGHTS_DIR, "tiny_resnet_letters_v1.json")
+# Per-channel mean and std of source scenes at full difficulty (measured on 20,800 images: 0.50 and 0.25 to two digits).
+NORM_MEAN = (0.50, 0.50, 0.50)
+NORM_STD = (0.25, 0.25, 0.25)
+REBUILD_COMMAND = "python -m transferlab.pretrain"
+
+
+class TinyResNet(ResNet):
+    """A ResNet with one ``BasicBlock`` per stage for 32x32 inputs, built from torchvision's own parts.
+
+    Args:
+        num_classes: size of the ``fc`` output.
+        widths: channels of layer1..layer4.
+    """
+
+    def __init__(self, num_classes: int = 52, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
+        nn.Module.__init__(self)  # ResNet.__init__ hard-codes 64..512 channels and a 7x7 stem; set up its state here
+        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, widths[0], 1, 1, 64
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2)  # 32x32 -> 16x16
+        self.layer1 = self._make_layer(BasicBlock, widths[0], 1)
+        self.layer2 = self._make_layer(BasicBlock, widths[1], 1, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, widths[2], 1, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, widths[3], 1, stride=2)  # 2x2
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+def _read_meta() -> dict[str, Any]:
+    """Metadata written next to the checkpoint by the build that produced it."""
+    if not os.path.exists(_META):
+        return {"categories": [], "_metrics": {}, "recipe": f"not built yet: run `{REBUILD_COMMAND}`"}
+    with open(_META, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class TinyResNet_Weights(WeightsEnum):
+    """Pretrained weights for :func:`tiny_resnet`; ``.get_state_dict()`` reads the file shipped in the package."""
+
+    LETTERS_V1 = Weights(url=_CHECKPOINT, transforms=partial(Normalize, mean=NORM_MEAN, std=NORM_STD),
+                         meta=_read_meta())  # fmt: skip
+    DEFAULT = LETTERS_V1
+
+    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Load the shipped checkpoint (tensors only: ``weights_only=True``); no network involved."""
+        if not os.path.exists(self.url):
+            raise FileNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
+                                    f"`{REBUILD_COMMAND}` (takes about two minutes on a CPU)")  # fmt: skip
+        return torch.load(self.url, map_location="cpu", weights_only=True)
+
+
+def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: int | None = None) -> TinyResNet:
+    """Build a TinyResNet, optionally with pretrained weights (like ``torchvision.models.resnet18``).
+
+    Args:
+        weights: ``None`` (random init) or ``TinyResNet_Weights.DEFAULT`` / ``"DEFAULT"`` / ``"LETTERS_V1"``.
+        num_classes: output size. With weights it must be ``None`` or match the weights' categories: to train on a
+            new task, load the weights first, then replace the head (``model.fc = nn.Linear(256, n)``).
+
+    Returns:
+        The model (in training mode, as torchvision returns it).
+
+    Example:
+        >>> model = tiny_resnet(weights=None, num_classes=10)
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    weights = TinyResNet_Weights.verify(weights)
+    if weights is None:
+        return TinyResNet(num_classes=52 if num_classes is None else num_classes)
+    n_categories = len(weights.meta["categories"])
+    if num_classes is not None and num_classes != n_categories:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the {n_categories} categories of {weights}; build the model "
+            f"with num_classes=None, then replace its head for your task: "
+            f"model.fc = nn.Linear(model.fc.in_features, {num_classes})"
+        )
+    model = TinyResNet(num_classes=n_categories)
+    model.load_state_dict(weights.get_state_dict())
+    return model
