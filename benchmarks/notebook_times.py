@@ -43,6 +43,8 @@ def timed_pytest(*targets: str) -> tuple[float, float, bool, str]:
                           capture_output=True, text=True)
     elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu0
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0:  # show why, so a failure can be read without re-running
+        print(proc.stdout[-4000:], file=sys.stderr)
     return elapsed, cpu, proc.returncode == 0, summary
 
 
