@@ -1,0 +1,171 @@
+"""Training checkpoints: save and load model, optimizer, scheduler, epoch and RNG states.
+
+Writes are atomic (a temporary file in the same folder, flushed to disk, then ``os.replace``), so a
+save that is interrupted leaves the previous checkpoint intact. Loading always uses
+``torch.load(..., weights_only=True)``: every RNG state is stored as tensors, ints and lists, so no
+pickled code is ever needed (or run).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+
+REQUIRED_KEYS = ("model", "epoch", "rng")
+
+
+class CheckpointError(RuntimeError):
+    """A file that cannot be used as a transferlab checkpoint."""
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The state of Python's, NumPy's and PyTorch's random generators, in ``weights_only``-loadable types.
+
+    ``generator`` (e.g. a DataLoader's shuffling generator) is captured too when given.
+    """
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(mt), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore the generators captured by `rng_state` (and ``generator``, if it was captured)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if generator is not None:
+        if "generator" not in state:
+            raise CheckpointError("a generator was passed but the checkpoint holds no generator state; "
+                                  "save it with save_checkpoint(..., generator=your_generator).")
+        generator.set_state(state["generator"].cpu())
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    epoch: int = 0,
+    generator: torch.Generator | None = None,
+    **extra: Any,
+) -> Path:
+    """Atomically write ``{model, optimizer, scheduler, epoch, rng, **extra}`` to ``path``.
+
+    Args:
+        epoch: the number of epochs completed (resume with ``start_epoch=epoch``).
+        generator: a DataLoader's shuffling generator, if it has one, so shuffling resumes exactly.
+        extra: more weights_only-loadable values (numbers, strings, tensors, lists, dicts), e.g. ``best_acc=0.9``.
+
+    Returns:
+        the path written.
+
+    Example:
+        >>> save_checkpoint("ckpt.pt", model, optimizer, scheduler, epoch=5, best_acc=0.8)  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": int(epoch),
+        "rng": rng_state(generator),
+        **extra,
+    }
+    _atomic_save(checkpoint, path)
+    return path
+
+
+def _read(path: Path, map_location: Any) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; check the path, or start training from epoch 0.")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects that weights_only=True refuses to run ({err}). "
+            "Only load such a file with weights_only=False if you made it yourself and trust it.") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from err
+    if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in REQUIRED_KEYS):
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not a checkpoint dict with keys {REQUIRED_KEYS} (found {found}). "
+            "If it is a bare state_dict, use model.load_state_dict(torch.load(path, weights_only=True)).")
+    return checkpoint
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    map_location: Any = "cpu",
+    generator: torch.Generator | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` into ``model`` (strictly) and the optional objects.
+
+    Args:
+        map_location: where tensors go (``"cpu"`` reads a GPU checkpoint on a CPU-only machine).
+        generator: a DataLoader's shuffling generator whose state was saved with the checkpoint.
+        restore_rng: also restore the Python/NumPy/PyTorch random generators (exact resume).
+
+    Returns:
+        the whole checkpoint dict (``checkpoint["epoch"]`` is where to continue; extras are there too).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is corrupt, holds pickled objects, or is not a checkpoint dict.
+
+    Example:
+        >>> ckpt = load_checkpoint("ckpt.pt", model, optimizer, scheduler)  # doctest: +SKIP
+        >>> start_epoch = ckpt["epoch"]  # doctest: +SKIP
+    """
+    checkpoint = _read(Path(path), map_location)
+    model.load_state_dict(checkpoint["model"])
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is not None:
+            if checkpoint.get(name) is None:
+                raise CheckpointError(f"{path} has no {name} state; pass {name}=None or save it with the checkpoint.")
+            target.load_state_dict(checkpoint[name])
+    if restore_rng:
+        set_rng_state(checkpoint["rng"], generator)
+    return checkpoint

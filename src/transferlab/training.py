@@ -1,0 +1,195 @@
+"""Training loops: one epoch, evaluation, predictions, and a `fit` that keeps the best weights.
+
+The loops are the plain PyTorch ones a learner writes by hand in notebook 05, wrapped so later
+notebooks can call them in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class History:
+    """Per-epoch record of a `fit` run.
+
+    ``lr[e]`` lists the learning rate of every optimizer parameter group used during epoch ``e``
+    (groups added later, e.g. by gradual unfreezing, make later rows longer).
+    ``best_state`` is a deep copy of the model's ``state_dict`` at ``best_epoch``.
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    lr: list[list[float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = float("-inf")
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+
+def _step_batch(model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torch.device) -> tuple[torch.Tensor, int, int]:
+    inputs, targets = batch[0].to(device), batch[1].to(device)
+    logits = model(inputs)
+    loss = loss_fn(logits, targets)
+    correct = int((logits.argmax(dim=1) == targets).sum())
+    return loss, correct, targets.numel()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """Train ``model`` for one pass over ``loader`` (train mode, one optimizer step per batch).
+
+    Returns:
+        ``(mean loss, accuracy)`` over all samples seen, the loss weighted by batch size.
+
+    Example:
+        >>> loss, acc = train_one_epoch(model, train_loader, optimizer)  # doctest: +SKIP
+    """
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    device = torch.device(device)
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for batch in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss, batch_correct, n = _step_batch(model, batch, loss_fn, device)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * n
+        correct += batch_correct
+        seen += n
+    if seen == 0:
+        raise ValueError("the training loader yielded no samples; check the dataset and batch_size/drop_last.")
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``loader``, in eval mode and without gradients.
+
+    The model's previous train/eval mode is restored afterwards.
+
+    Example:
+        >>> val_loss, val_acc = evaluate(model, test_loader)  # doctest: +SKIP
+    """
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for batch in loader:
+        loss, batch_correct, n = _step_batch(model, batch, loss_fn, device)
+        total_loss += loss.item() * n
+        correct += batch_correct
+        seen += n
+    model.train(was_training)
+    if seen == 0:
+        raise ValueError("the evaluation loader yielded no samples; check the dataset.")
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and true label of every sample in ``loader`` (eval mode, no gradients).
+
+    Returns:
+        ``(predictions, targets)``, two 1-D int64 tensors on the CPU.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    for inputs, labels in loader:
+        preds.append(model(inputs.to(device)).argmax(dim=1).cpu())
+        targets.append(torch.as_tensor(labels).cpu())
+    model.train(was_training)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def _record(history: History, epoch: int, train: tuple[float, float], val: tuple[float, float], lrs: list[float]) -> None:
+    history.epoch.append(epoch)
+    history.train_loss.append(train[0])
+    history.train_acc.append(train[1])
+    history.val_loss.append(val[0])
+    history.val_acc.append(val[1])
+    history.lr.append(lrs)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    scheduler: Any | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    loss_fn: nn.Module | None = None,
+    restore_best: bool = True,
+    start_epoch: int = 0,
+    on_epoch_start: Callable[[int], None] | None = None,
+) -> History:
+    """Train for ``epochs`` epochs, evaluating after each, and keep the weights of the best epoch.
+
+    Args:
+        val_loader: selects the best epoch by validation accuracy (the first best wins ties);
+            ``None`` evaluates on ``train_loader`` instead.
+        scheduler: an epoch-level LR scheduler (e.g. ``StepLR``); ``scheduler.step()`` runs after each epoch.
+        progress: show a tqdm bar over epochs (``tqdm.auto``: a widget in Jupyter, text in a terminal).
+        restore_best: load the best weights back into ``model`` at the end (they are also in
+            ``history.best_state``).
+        start_epoch: number of the first epoch, to continue a resumed run.
+        on_epoch_start: called with the epoch number before each epoch (e.g. a `GradualUnfreezer`).
+
+    Returns:
+        the `History`: losses, accuracies and per-group learning rates of every epoch.
+
+    Example:
+        >>> history = fit(model, train_loader, test_loader, optimizer, epochs=5, progress=False)  # doctest: +SKIP
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+    history = History()
+    bar = tqdm(range(start_epoch, start_epoch + epochs), desc="epochs", disable=not progress, leave=True)
+    for epoch in bar:
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        train = train_one_epoch(model, train_loader, optimizer, loss_fn, device)
+        val = evaluate(model, val_loader if val_loader is not None else train_loader, loss_fn, device)
+        if scheduler is not None:
+            scheduler.step()
+        _record(history, epoch, train, val, lrs)
+        if val[1] > history.best_val_acc:
+            history.best_epoch, history.best_val_acc = epoch, val[1]
+            history.best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(train_loss=f"{train[0]:.3f}", val_acc=f"{val[1]:.3f}", best=f"{history.best_val_acc:.3f}")
+    if restore_best and history.best_state is not None:
+        model.load_state_dict(history.best_state)
+    return history
