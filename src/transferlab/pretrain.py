@@ -12,6 +12,7 @@ recipe, build time) are written atomically into ``transferlab/weights/``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -81,6 +82,14 @@ def source_accuracy(model: nn.Module, classes: Sequence[str] = SOURCE_CLASSES, b
     return correct / len(test)
 
 
+def _state_bytes(model: nn.Module) -> bytes:
+    """The state_dict as torch.save bytes; via a buffer, so the archive does not embed the (temporary) file name
+    and the same weights always give the same file, byte for byte."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
 def _atomic_write(path: str, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     os.close(fd)
@@ -133,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     accuracy = source_accuracy(model, classes)
     print(f"pretraining took {seconds:.1f} s; source test accuracy {accuracy:.4f}")
     out = os.path.abspath(cfg.out)
-    _atomic_write(out, lambda p: torch.save(model.state_dict(), p))
+    _atomic_write(out, lambda p: open(p, "wb").write(_state_bytes(model)))
     meta = _metadata(cfg, model, accuracy, seconds, classes)
     meta_path = os.path.splitext(out)[0] + ".json"
     _atomic_write(meta_path, lambda p: open(p, "w", encoding="utf-8").write(json.dumps(meta, indent=2) + "\n"))
