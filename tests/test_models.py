@@ -10,7 +10,7 @@ from torchvision.models import resnet18
 
 from transferlab.data import source_dataset
 from transferlab.models import TinyResNet_Weights, tiny_resnet
-from transferlab.pretrain import PretrainConfig, pretrain, source_accuracy
+from transferlab.pretrain import PretrainConfig, _state_bytes, pretrain
 
 
 def test_module_names_match_torchvision_resnet():
@@ -62,7 +62,6 @@ def test_reaches_published_source_accuracy():
                            for s in range(0, len(test), 520)])  # fmt: skip
     acc = float((preds == test.labels).float().mean())
     assert abs(acc - published) <= 0.01
-    assert abs(source_accuracy(model) - published) <= 0.01
     assert acc > 5 / 52  # far above chance
 
 
@@ -75,8 +74,10 @@ def test_wrong_num_classes_says_to_replace_the_head():
 
 
 def test_pretraining_same_seed_is_bit_identical():
-    cfg = PretrainConfig(steps=3, batch_size=16, seed=1)
-    a, b = pretrain(cfg, log_every=0).state_dict(), pretrain(cfg, log_every=0).state_dict()
+    cfg = PretrainConfig(steps=3, batch_size=16, glyphs_per_class=2, seed=1)
+    model_a, model_b = pretrain(cfg, log_every=0), pretrain(cfg, log_every=0)
+    a, b = model_a.state_dict(), model_b.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = pretrain(PretrainConfig(steps=3, batch_size=16, seed=2), log_every=0).state_dict()
+    assert _state_bytes(model_a) == _state_bytes(model_b)  # the checkpoint file, byte for byte
+    c = pretrain(PretrainConfig(steps=3, batch_size=16, glyphs_per_class=2, seed=2), log_every=0).state_dict()
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])

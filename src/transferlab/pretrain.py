@@ -12,6 +12,7 @@ recipe, build time) are written atomically into ``transferlab/weights/``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ class PretrainConfig(argparse.Namespace):
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     ramp: float = 0.5  # fraction of the steps over which difficulty goes 0 -> 1
+    glyphs_per_class: int = 60  # jittered renderings per letter that the scenes are drawn from
     seed: int = 0
 
 
@@ -54,7 +56,7 @@ def pretrain(cfg: PretrainConfig, classes: Sequence[str] = SOURCE_CLASSES, log_e
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    glyphs = source_glyphs("train")
+    glyphs = source_glyphs("train", cfg.glyphs_per_class)
     model.train()
     for step in range(cfg.steps):
         difficulty = min(1.0, step / max(1, cfg.ramp * cfg.steps))
@@ -80,6 +82,14 @@ def source_accuracy(model: nn.Module, classes: Sequence[str] = SOURCE_CLASSES, b
     return correct / len(test)
 
 
+def _state_bytes(model: nn.Module) -> bytes:
+    """The state_dict as torch.save bytes; via a buffer, so the archive does not embed the (temporary) file name
+    and the same weights always give the same file, byte for byte."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
 def _atomic_write(path: str, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     os.close(fd)
@@ -92,9 +102,10 @@ def _atomic_write(path: str, write: Any) -> None:
             os.remove(tmp)
 
 
-def _metadata(cfg: PretrainConfig, model: nn.Module, accuracy: float, seconds: float) -> dict[str, Any]:
+def _metadata(cfg: PretrainConfig, model: nn.Module, accuracy: float, seconds: float,
+              classes: Sequence[str] = SOURCE_CLASSES) -> dict[str, Any]:  # fmt: skip
     return {
-        "categories": list(SOURCE_CLASSES),
+        "categories": list(classes),
         "num_params": sum(p.numel() for p in model.parameters()),
         "min_size": (32, 32),
         "_metrics": {"letters-scenes-test": {"acc@1": round(100 * accuracy, 2)}},
@@ -106,7 +117,7 @@ def _metadata(cfg: PretrainConfig, model: nn.Module, accuracy: float, seconds: f
         f"ramped 0->1 over the first {cfg.ramp:.0%} of steps, AdamW (peak lr {cfg.lr}, weight decay "
         f"{cfg.weight_decay}), OneCycle, label smoothing {cfg.label_smoothing}, seed {cfg.seed}",
         "config": {k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "weight_decay", "label_smoothing",
-                                                "ramp", "seed")},  # fmt: skip
+                                                "ramp", "glyphs_per_class", "seed")},  # fmt: skip
         "build": {"seconds": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
                   "machine": platform.machine()},  # fmt: skip
     }
@@ -119,15 +130,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not name.startswith("_") and isinstance(default, (int, float)):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     parser.add_argument("--out", default=_CHECKPOINT, help="checkpoint path (metadata goes next to it as .json)")
+    parser.add_argument("--exclude", default="", help="letters to leave out of the source, e.g. OlZSbBg (ablation)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     cfg = parser.parse_args(argv, namespace=PretrainConfig())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    classes = [c for c in SOURCE_CLASSES if c not in cfg.exclude]
     start = time.perf_counter()
-    model = pretrain(cfg)
+    model = pretrain(cfg, classes)
     seconds = time.perf_counter() - start
-    accuracy = source_accuracy(model)
+    accuracy = source_accuracy(model, classes)
     print(f"pretraining took {seconds:.1f} s; source test accuracy {accuracy:.4f}")
     out = os.path.abspath(cfg.out)
-    _atomic_write(out, lambda p: torch.save(model.state_dict(), p))
-    meta = _metadata(cfg, model, accuracy, seconds)
+    _atomic_write(out, lambda p: open(p, "wb").write(_state_bytes(model)))
+    meta = _metadata(cfg, model, accuracy, seconds, classes)
     meta_path = os.path.splitext(out)[0] + ".json"
     _atomic_write(meta_path, lambda p: open(p, "w", encoding="utf-8").write(json.dumps(meta, indent=2) + "\n"))
     print(f"wrote {out} and {meta_path}")
