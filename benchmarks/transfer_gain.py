@@ -216,7 +216,9 @@ def verdict(table) -> dict[str, dict[str, float]]:
         best = max((m for m in ("features", "finetune") if m in s), key=lambda m: s[m]["mean"])
         gap = s[best]["mean"] - s["scratch"]["mean"]
         pooled = ((s[best]["std"] ** 2 + s["scratch"]["std"] ** 2) / 2) ** 0.5
-        out[k] = {"best_transfer": best, "gap_points": 100 * gap, "gap_over_pooled_std": gap / max(pooled, 1e-9)}
+        # with a single seed there is no spread to compare against
+        ratio = gap / pooled if pooled > 0 else float("nan")
+        out[k] = {"best_transfer": best, "gap_points": 100 * gap, "gap_over_pooled_std": ratio}
     return out
 
 
