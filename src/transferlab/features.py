@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from transferlab.training import History, fit
 
@@ -64,6 +64,9 @@ def train_head(
         >>> opt = torch.optim.SGD(head.parameters(), lr=0.1)  # doctest: +SKIP
         >>> history = train_head(head, train_feats, test_feats, opt, epochs=20, progress=False)  # doctest: +SKIP
     """
-    train_loader = DataLoader(train_features, batch_size=batch_size, shuffle=True, generator=generator)
+    # Index the cached tensors with a whole batch of indices at once instead of collating sample by sample:
+    # the same shuffled batches, about twice as fast, which matters once the backbone is out of the loop.
+    batches = BatchSampler(RandomSampler(train_features, generator=generator), batch_size, drop_last=False)
+    train_loader = DataLoader(train_features, sampler=batches, batch_size=None)
     val_loader = DataLoader(val_features, batch_size=1024) if val_features is not None else None
     return fit(head, train_loader, val_loader, optimizer, epochs, **fit_kwargs)
