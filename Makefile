@@ -33,8 +33,18 @@ notebooks: install
 	@for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb"; \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 "$$nb" || exit 1; \
+			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 \
+			--ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
+
+## Rebuild the shipped pretrained weights from scratch (then run `make notebooks`).
+weights: install
+	$(BIN)/python -m transferlab.pretrain
+
+## Speed benchmarks: feature caching, then every notebook and the whole suite (results in benchmarks/results/).
+benchmarks: install
+	$(BIN)/python benchmarks/feature_cache.py --epochs 10
+	$(BIN)/python benchmarks/notebook_times.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
