@@ -160,7 +160,7 @@ def test_save_fsyncs_before_the_rename(tmp_path, monkeypatch):
 
 def test_load_errors_are_clear(tmp_path):
     model = make()[0]
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt", model)
 
     torch.save(model.state_dict(), tmp_path / "bare.pt")

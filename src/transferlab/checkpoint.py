@@ -9,23 +9,22 @@ pickled code is ever needed (or run).
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+from transferlab.loading import CheckpointError, load_checkpoint_file
+
+__all__ = ["CheckpointError", "atomic_open", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
 
 REQUIRED_KEYS = ("model", "epoch", "rng")
-
-
-class CheckpointError(RuntimeError):
-    """A file that cannot be used as a transferlab checkpoint."""
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -64,13 +63,26 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         generator.set_state(state["generator"].cpu())
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Write ``path`` all or nothing: yield a temporary file next to it, then fsync and ``os.replace`` it onto ``path``.
+
+    If the block raises (or the process dies), ``path`` keeps its previous content and the temporary file is removed.
+
+    Example:
+        >>> with atomic_open("weights.pt") as f:  # doctest: +SKIP
+        ...     torch.save(model.state_dict(), f)
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
         os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,21 +121,13 @@ def save_checkpoint(
         "rng": rng_state(generator),
         **extra,
     }
-    _atomic_save(checkpoint, path)
+    with atomic_open(path) as f:
+        torch.save(checkpoint, f)
     return path
 
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; check the path, or start training from epoch 0.")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path} holds pickled Python objects that weights_only=True refuses to run ({err}). "
-            "Only load such a file with weights_only=False if you made it yourself and trust it.") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {err}") from err
+    checkpoint = load_checkpoint_file(path, map_location)  # weights_only=True, with clear errors for bad files
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in REQUIRED_KEYS):
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferlab.checkpoint import atomic_open
 from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, source_glyphs
 from transferlab.env import seed_everything
 from transferlab.models import _CHECKPOINT, _META, NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet
@@ -90,18 +90,6 @@ def _state_bytes(model: nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write(path: str, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _metadata(cfg: PretrainConfig, model: nn.Module, accuracy: float, seconds: float,
               classes: Sequence[str] = SOURCE_CLASSES) -> dict[str, Any]:  # fmt: skip
     return {
@@ -142,10 +130,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     accuracy = source_accuracy(model, classes)
     print(f"pretraining took {seconds:.1f} s; source test accuracy {accuracy:.4f}")
     out = os.path.abspath(cfg.out)
-    _atomic_write(out, lambda p: open(p, "wb").write(_state_bytes(model)))
+    with atomic_open(out) as f:
+        f.write(_state_bytes(model))
     meta = _metadata(cfg, model, accuracy, seconds, classes)
     meta_path = os.path.splitext(out)[0] + ".json"
-    _atomic_write(meta_path, lambda p: open(p, "w", encoding="utf-8").write(json.dumps(meta, indent=2) + "\n"))
+    with atomic_open(meta_path) as f:
+        f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     print(f"wrote {out} and {meta_path}")
 
 
