@@ -29,7 +29,6 @@ Usage (from the repository root, with ``PYTHONPATH=src``)::
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
