@@ -22,11 +22,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.transforms import Normalize
 
 from transferlab.checkpoint import atomic_open
 from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, source_glyphs
 from transferlab.env import seed_everything
 from transferlab.models import _CHECKPOINT, NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet
+from transferlab.training import train_steps
 
 __all__ = ["PretrainConfig", "pretrain", "source_accuracy", "main"]
 
@@ -45,8 +47,7 @@ class PretrainConfig(argparse.Namespace):
 
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
-    mean, std = torch.tensor(NORM_MEAN).view(1, 3, 1, 1), torch.tensor(NORM_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return Normalize(NORM_MEAN, NORM_STD)(images)
 
 
 def pretrain(cfg: PretrainConfig, classes: Sequence[str] = SOURCE_CLASSES, log_every: int = 100) -> TinyResNet:
@@ -55,19 +56,21 @@ def pretrain(cfg: PretrainConfig, classes: Sequence[str] = SOURCE_CLASSES, log_e
     model = TinyResNet(num_classes=len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     glyphs = source_glyphs("train", cfg.glyphs_per_class)
-    model.train()
-    for step in range(cfg.steps):
-        difficulty = min(1.0, step / max(1, cfg.ramp * cfg.steps))
-        images, labels = source_batch(cfg.batch_size, difficulty, 1_000_003 * cfg.seed + step, classes, glyphs)
-        loss = loss_fn(model(_normalise(images)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if log_every and (step % log_every == 0 or step == cfg.steps - 1):
-            print(f"step {step:4d}  difficulty {difficulty:.2f}  loss {loss.item():.3f}", flush=True)
+
+    def difficulty(step: int) -> float:
+        return min(1.0, step / max(1, cfg.ramp * cfg.steps))
+
+    def scenes(step: int) -> tuple[torch.Tensor, torch.Tensor]:  # a fresh batch every step
+        return source_batch(cfg.batch_size, difficulty(step), 1_000_003 * cfg.seed + step, classes, glyphs)
+
+    def log(step: int, loss: float) -> None:
+        if step % log_every == 0 or step == cfg.steps - 1:
+            print(f"step {step:4d}  difficulty {difficulty(step):.2f}  loss {loss:.3f}", flush=True)
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    train_steps(model, scenes, cfg.steps, optimizer, transform=_normalise, scheduler=schedule, loss_fn=loss_fn,
+                on_step=log if log_every else None)
     return model.eval()
 
 
