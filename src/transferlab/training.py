@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 __all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "BatchSource"]
@@ -47,7 +46,9 @@ class History:
         return len(self.epoch)
 
 
-def _step_batch(model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torch.device) -> tuple[torch.Tensor, int, int]:
+def _step_batch(
+    model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torch.device
+) -> tuple[torch.Tensor, int, int]:
     inputs, targets = batch[0].to(device), batch[1].to(device)
     logits = model(inputs)
     loss = loss_fn(logits, targets)
@@ -57,7 +58,7 @@ def _step_batch(model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torc
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module | None = None,
     device: torch.device | str = "cpu",
@@ -90,7 +91,7 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     loss_fn: nn.Module | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[float, float]:
@@ -118,7 +119,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and true label of every sample in ``loader`` (eval mode, no gradients).
 
     Returns:
@@ -135,7 +138,9 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "
     return torch.cat(preds), torch.cat(targets)
 
 
-def _record(history: History, epoch: int, train: tuple[float, float], val: tuple[float, float], lrs: list[float]) -> None:
+def _record(
+    history: History, epoch: int, train: tuple[float, float], val: tuple[float, float], lrs: list[float]
+) -> None:
     history.epoch.append(epoch)
     history.train_loss.append(train[0])
     history.train_acc.append(train[1])
@@ -146,8 +151,8 @@ def _record(history: History, epoch: int, train: tuple[float, float], val: tuple
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch] | None,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     scheduler: Any | None = None,
