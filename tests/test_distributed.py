@@ -16,13 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from transferlab import distributed
-from transferlab.models import tiny_resnet
+from transferlab.data import target_dataset
+from transferlab.models import TinyResNet_Weights, tiny_resnet
+from transferlab.training import evaluate
 
 SRC = Path(distributed.__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
-FAST = ["--max-steps", "3", "--test-size", "100", "--timeout", "20"]  # a few steps, a small test shard
+FAST = ["--steps", "3", "--test-size", "100", "--timeout", "20"]  # a few steps, a small test shard
 LAUNCH_TIMEOUT = 120  # seconds; a quiet 2-core machine needs ~10 s per launch
 
 
@@ -66,10 +69,10 @@ def _kill(procs: list[subprocess.Popen], marker: str) -> list[int]:
 def _run(commands: list[list[str]], marker: str) -> list[tuple[int, str, str]]:
     """Start every command at once, wait for all (bounded), always clean up; returns (rc, stdout, stderr) each."""
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                              start_new_session=True) for c in commands]  # fmt: skip
+                              start_new_session=True) for c in commands]
     try:
         outputs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
-        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
     finally:
         left = _kill(procs, marker)
         assert not left, f"processes left behind after the launch: {left}"
@@ -93,7 +96,8 @@ def _check_checkpoint(path: Path, world_size: int) -> dict:
 
 def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     out = tmp_path / "ddp.pt"
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST, "--out", str(out)]
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST, "--out",
+           str(out)]
     [(rc, stdout, stderr)] = _run([cmd], str(out))
     assert rc == 0, f"torchrun failed ({rc}):\n{stdout}\n{stderr}"
     assert "world size 2 (backend gloo, device cpu)" in stdout and "global batch 20 = 2 x 10" in stdout, stdout
@@ -101,14 +105,20 @@ def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     assert stdout.count("test accuracy") == 1, "only rank 0 should log"
     assert "OMP_NUM_THREADS" not in stderr, stderr
     checkpoint = _check_checkpoint(out, world_size=2)
-    assert 0.0 <= checkpoint["test_acc"] <= 1.0 and len(checkpoint["train_loss"]) == 1
+    assert len(checkpoint["train_loss"]) == 3
+    # The saved model is the one that was evaluated (rank 0's BatchNorm statistics were shared before evaluating).
+    model = tiny_resnet(weights=None, num_classes=10)
+    model.load_state_dict(checkpoint["model"])
+    test = target_dataset("test", transform=TinyResNet_Weights.DEFAULT.transforms())
+    _, acc = evaluate(model, DataLoader(Subset(test, range(100)), batch_size=100))
+    assert acc == checkpoint["test_acc"], f"reloaded model scores {acc}, the run reported {checkpoint['test_acc']}"
 
 
 def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
     """Two torchrun launchers, one process each, as two machines would: same endpoint, same job id."""
     out = tmp_path / "nodes.pt"
     launcher = [*TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", f"transferlab-{os.getpid()}"]  # fmt: skip
+                "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", f"transferlab-{os.getpid()}"]
     script = ["-m", "transferlab.distributed", *FAST, "--out", str(out)]
     results = _run([launcher + script, launcher + script], str(out))
     for rc, stdout, stderr in results:
@@ -121,7 +131,7 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
 def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
     out = tmp_path / "never.pt"
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST,
-           "--out", str(out), "--fail-rank", "1", "--fail-at-step", "2"]  # fmt: skip
+           "--out", str(out), "--fail-rank", "1", "--fail-at-step", "2"]
     start = time.monotonic()
     [(rc, stdout, stderr)] = _run([cmd], str(out))
     assert rc != 0, "the job should fail"
@@ -171,8 +181,11 @@ def test_loading_pretrained_matches_the_published_weights():
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
 
 
-@pytest.mark.parametrize(("n", "batch", "world", "problem"), [
-    (100, 20, 3, "cannot be split evenly"), (100, 2, 4, "cannot be split evenly"), (10, 20, 2, "do not fill")])  # fmt: skip
+SHARDING_PROBLEMS = [(100, 20, 3, "cannot be split evenly"), (100, 2, 4, "cannot be split evenly"),
+                     (10, 20, 2, "do not fill")]
+
+
+@pytest.mark.parametrize(("n", "batch", "world", "problem"), SHARDING_PROBLEMS)
 def test_more_processes_than_the_data_can_shard_is_a_clear_error(n, batch, world, problem):
     with pytest.raises(ValueError, match=problem):
         distributed.per_rank_batch(n, batch, world)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -44,10 +44,23 @@ from transferlab.checkpoint import atomic_open
 from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
 from transferlab.loading import clean_state_dict, load_checkpoint_file, unwrap_checkpoint
-from transferlab.models import NORM_MEAN, NORM_STD, TinyResNet, TinyResNet_Weights
+from transferlab.models import TinyResNet, TinyResNet_Weights
+from transferlab.training import BatchSource, train_steps
 
-__all__ = ["DistInfo", "choose_backend", "init_distributed", "per_rank_batch", "load_pretrained", "all_reduce_sum",
-           "shard_indices", "evaluate_sharded", "save_on_rank0", "main"]  # fmt: skip
+__all__ = [
+    "DistInfo",
+    "choose_backend",
+    "init_distributed",
+    "per_rank_batch",
+    "load_pretrained",
+    "all_reduce_sum",
+    "shard_indices",
+    "sharded_batches",
+    "broadcast_buffers",
+    "evaluate_sharded",
+    "save_on_rank0",
+    "main",
+]
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ def init_distributed(backend: str = "auto", timeout_s: float = 60.0) -> DistInfo
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank} but this machine has "
                                f"{torch.cuda.device_count()}: use --nproc_per_node <= {torch.cuda.device_count()}, "
-                               "or --backend gloo to run on the CPU")  # fmt: skip
+                               "or --backend gloo to run on the CPU")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
@@ -108,10 +121,10 @@ def per_rank_batch(n_train: int, batch_size: int, world_size: int) -> int:
     if batch_size % world_size or batch_size < world_size:
         raise ValueError(f"a global batch of {batch_size} cannot be split evenly over {world_size} processes: "
                          f"use a --batch-size that is a multiple of {world_size}, or fewer processes "
-                         f"(--nproc_per_node)")  # fmt: skip
+                         f"(--nproc_per_node)")
     if n_train < batch_size:
         raise ValueError(f"{n_train} training images do not fill one global batch of {batch_size}: "
-                         f"lower --batch-size or use more labels per class (--k)")  # fmt: skip
+                         f"lower --batch-size or use more labels per class (--k)")
     return batch_size // world_size
 
 
@@ -126,7 +139,7 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
     state = clean_state_dict(unwrap_checkpoint(load_checkpoint_file(weights)))
     if "fc.weight" not in state:
         raise ValueError(f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
-                         f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT")  # fmt: skip
+                         f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT")
     model = TinyResNet(num_classes=state["fc.weight"].shape[0])
     try:
         model.load_state_dict(state)
@@ -151,6 +164,17 @@ def shard_indices(n: int, rank: int, world_size: int) -> range:
         [1, 3]
     """
     return range(rank, n, world_size)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts them at the start of each forward, so after the last training step every rank has updated its
+    own copy with its own batch: without this, each rank would evaluate (and rank 0 save) slightly different models.
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src)
 
 
 @torch.no_grad()
@@ -184,18 +208,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (the course's pretrained TinyResNet) or a file")
     p.add_argument("--k", type=int, default=10, help="labelled training images per digit class")
     p.add_argument("--data-seed", type=int, default=0, help="picks the k images per class")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--steps", type=int, default=15, help="optimizer steps (with the defaults, 5 per epoch)")
     p.add_argument("--batch-size", type=int, default=20, help="GLOBAL batch, split evenly over the processes")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0, help="model init and the DistributedSampler's shuffling")
+    p.add_argument("--seed", type=int, default=0, help="the new head's init and the DistributedSampler's shuffling")
     p.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images (default all)")
     p.add_argument("--out", default="tiny_resnet_digits_ddp.pt", help="checkpoint written by rank 0")
     p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait for its peers")
     p.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)  # tests: this rank fails ...
-    p.add_argument("--fail-at-step", type=int, default=1, help=argparse.SUPPRESS)  # ... at this step
+    p.add_argument("--fail-at-step", type=int, default=1, help=argparse.SUPPRESS)  # ... at this step (from 1)
     p.add_argument("--fail-mode", default="raise", choices=["raise", "hang"], help=argparse.SUPPRESS)
     return p
 
@@ -208,26 +231,26 @@ def _inject_failure(args: argparse.Namespace, rank: int, step: int) -> None:
         raise RuntimeError(f"rank {rank}: injected failure at step {step} (--fail-rank/--fail-at-step, test only)")
 
 
-def _train_epoch(ddp: DDP, loader: DataLoader, optimizer: torch.optim.Optimizer, info: DistInfo, step: int,
-                 args: argparse.Namespace, log: Callable[..., None]) -> tuple[list[float], int]:  # fmt: skip
-    """One pass over this rank's shard; returns the all-reduced ``[loss_sum, correct, seen]`` and the step count."""
-    ddp.train()
-    loss_fn = nn.CrossEntropyLoss()
-    sums = [0.0, 0.0, 0.0]
-    for images, labels in loader:
-        if args.max_steps is not None and step >= args.max_steps:
-            break
-        step += 1
-        _inject_failure(args, info.rank, step)
-        images, labels = images.to(info.device), labels.to(info.device)
-        logits = ddp(images)
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # DDP all-reduces (averages) the gradients here, bucket by bucket
-        optimizer.step()
-        sums = [sums[0] + loss.item() * len(labels), sums[1] + int((logits.argmax(1) == labels).sum()),
-                sums[2] + len(labels)]  # fmt: skip
-    return all_reduce_sum(sums, info.device), step
+def sharded_batches(loader: DataLoader, sampler: DistributedSampler) -> BatchSource:
+    """A `train_steps` batch source that walks this rank's shard, epoch after epoch.
+
+    At the start of every epoch it calls ``sampler.set_epoch(epoch)``: all ranks reshuffle with the same seed, so
+    their shards stay disjoint; without it every epoch would repeat the first one's order.
+    """
+    epoch, batches = -1, iter(())
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal epoch, batches
+        for _ in range(2):
+            try:
+                return next(batches)
+            except StopIteration:
+                epoch += 1
+                sampler.set_epoch(epoch)
+                batches = iter(loader)
+        raise ValueError("the training loader yields no batch; lower --batch-size")
+
+    return next_batch
 
 
 def _data(args: argparse.Namespace, info: DistInfo) -> tuple[Any, Any, DistributedSampler, DataLoader]:
@@ -251,24 +274,29 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
     optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
     log(f"world size {info.world_size} (backend {info.backend}, device {info.device.type}), {len(train)} training "
         f"images, global batch {args.batch_size} = {info.world_size} x {loader.batch_size}, "
-        f"{len(loader)} steps per epoch", flush=True)  # fmt: skip
-    history: dict[str, list[float]] = {"train_loss": [], "train_acc": []}
-    step, start = 0, time.perf_counter()
-    for epoch in range(args.epochs):
-        sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        (loss_sum, correct, seen), step = _train_epoch(ddp, loader, optimizer, info, step, args, log)
-        if seen == 0:
-            break
-        history["train_loss"].append(loss_sum / seen)
-        history["train_acc"].append(correct / seen)
-        log(f"epoch {epoch + 1}/{args.epochs}: train loss {loss_sum / seen:.4f}, train acc {correct / seen:.4f} "
-            f"({int(seen)} images over {info.world_size} processes, step {step})", flush=True)  # fmt: skip
+        f"{len(loader)} steps per epoch, {args.steps} steps", flush=True)
+    source = sharded_batches(loader, sampler)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _inject_failure(args, info.rank, step + 1)
+        return source(step)
+
+    start = time.perf_counter()
+    losses = train_steps(ddp, batch, args.steps, optimizer, device=info.device)  # DDP averages gradients in backward
     train_seconds = time.perf_counter() - start
+    losses = [total / info.world_size for total in all_reduce_sum(losses, info.device)]  # the global batch's loss
+    per_epoch = len(loader)
+    for first in range(0, args.steps, per_epoch):
+        chunk = losses[first : first + per_epoch]
+        log(f"epoch {first // per_epoch + 1}: train loss {sum(chunk) / len(chunk):.4f} (steps {first + 1}-"
+            f"{first + len(chunk)}, all-reduced over {info.world_size} processes)", flush=True)
+    broadcast_buffers(ddp.module)  # every rank now holds exactly the model rank 0 saves
     test_acc = evaluate_sharded(ddp.module, test, info)
-    log(f"test accuracy {test_acc:.4f} on {len(test)} images; training took {train_seconds:.2f} s", flush=True)
-    checkpoint = {"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": len(history["train_loss"]),
-                  "args": vars(args), "world_size": info.world_size, "steps": step, "test_acc": test_acc,
-                  "train_seconds": train_seconds, **history}  # fmt: skip
+    log(f"test accuracy {test_acc:.4f} on {len(test)} images; {args.steps} steps took {train_seconds:.2f} s",
+        flush=True)
+    checkpoint = {"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args),
+                  "world_size": info.world_size, "steps": args.steps, "train_loss": losses, "test_acc": test_acc,
+                  "train_seconds": train_seconds}
     save_on_rank0(checkpoint, args.out, info)
     log(f"rank 0 saved {args.out} ({len(checkpoint['model'])} tensors, keys without 'module.')", flush=True)
 
