@@ -91,6 +91,11 @@ def init_distributed(backend: str = "auto", timeout_s: float = 60.0) -> DistInfo
 
     Without a launcher (plain ``python -m``) a one-process group is made in memory, so the same code runs.
     ``timeout_s`` bounds every collective: a peer that died or hangs raises an error instead of blocking forever.
+
+    Example:
+        >>> info = init_distributed("auto", timeout_s=60)  # doctest: +SKIP
+        >>> info.rank, info.world_size  # doctest: +SKIP
+        (0, 2)
     """
     backend = choose_backend(backend)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -133,6 +138,10 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
 
     The file is read with ``weights_only=True``, unwrapped (``{"model": ...}``) and cleaned of ``module.`` prefixes,
     then loaded strictly: a file that does not fit TinyResNet is an error, never a silent partial load.
+
+    Example:
+        >>> load_pretrained("DEFAULT").fc
+        Linear(in_features=256, out_features=10, bias=True)
     """
     if weights == "DEFAULT":
         weights = TinyResNet_Weights.DEFAULT.url
@@ -144,13 +153,18 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"--weights {weights} does not fit TinyResNet: {str(err).splitlines()[1:3]}") from err
+        problem = " ".join(str(err).split()[5:25])  # after "Error(s) in loading state_dict for TinyResNet:"
+        raise ValueError(f"--weights {weights} does not fit TinyResNet: {problem} ...") from err
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
 def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum ``values`` over all processes (every process gets the totals)."""
+    """Sum ``values`` over all processes (every process gets the totals).
+
+    Example:
+        >>> correct, seen = all_reduce_sum([correct, seen], info.device)  # doctest: +SKIP
+    """
     totals = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(totals, op=dist.ReduceOp.SUM)
     return totals.tolist()
@@ -172,6 +186,9 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
 
     DDP broadcasts them at the start of each forward, so after the last training step every rank has updated its
     own copy with its own batch: without this, each rank would evaluate (and rank 0 save) slightly different models.
+
+    Example:
+        >>> broadcast_buffers(ddp.module)  # doctest: +SKIP
     """
     for buffer in model.buffers():
         dist.broadcast(buffer, src)
@@ -183,6 +200,9 @@ def evaluate_sharded(model: nn.Module, dataset: Any, info: DistInfo, batch_size:
 
     ``model`` is the plain module (``ddp.module``): DDP's own forward would sync buffers, a collective that hangs
     when shards have different numbers of batches.
+
+    Example:
+        >>> test_acc = evaluate_sharded(ddp.module, target_dataset("test"), info)  # doctest: +SKIP
     """
     model.eval()
     loader = DataLoader(Subset(dataset, shard_indices(len(dataset), info.rank, info.world_size)), batch_size)
@@ -195,7 +215,11 @@ def evaluate_sharded(model: nn.Module, dataset: Any, info: DistInfo, batch_size:
 
 
 def save_on_rank0(checkpoint: dict[str, Any], path: str, info: DistInfo) -> None:
-    """Rank 0 writes ``checkpoint`` atomically (a temporary file, then a rename); the others wait for it."""
+    """Rank 0 writes ``checkpoint`` atomically (a temporary file, then a rename); the others wait for it.
+
+    Example:
+        >>> save_on_rank0({"model": ddp.module.state_dict()}, "ckpt.pt", info)  # doctest: +SKIP
+    """
     if info.rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with atomic_open(path) as f:
@@ -236,6 +260,9 @@ def sharded_batches(loader: DataLoader, sampler: DistributedSampler) -> BatchSou
 
     At the start of every epoch it calls ``sampler.set_epoch(epoch)``: all ranks reshuffle with the same seed, so
     their shards stay disjoint; without it every epoch would repeat the first one's order.
+
+    Example:
+        >>> losses = train_steps(ddp, sharded_batches(loader, sampler), 15, optimizer)  # doctest: +SKIP
     """
     epoch, batches = -1, iter(())
 
@@ -286,10 +313,11 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
     train_seconds = time.perf_counter() - start
     losses = [total / info.world_size for total in all_reduce_sum(losses, info.device)]  # the global batch's loss
     per_epoch = len(loader)
+    processes = f"{info.world_size} process" + ("es" if info.world_size > 1 else "")
     for first in range(0, args.steps, per_epoch):
         chunk = losses[first : first + per_epoch]
         log(f"epoch {first // per_epoch + 1}: train loss {sum(chunk) / len(chunk):.4f} (steps {first + 1}-"
-            f"{first + len(chunk)}, all-reduced over {info.world_size} processes)", flush=True)
+            f"{first + len(chunk)}, all-reduced over {processes})", flush=True)
     broadcast_buffers(ddp.module)  # every rank now holds exactly the model rank 0 saves
     test_acc = evaluate_sharded(ddp.module, test, info)
     log(f"test accuracy {test_acc:.4f} on {len(test)} images; {args.steps} steps took {train_seconds:.2f} s",
