@@ -101,7 +101,7 @@ def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     [(rc, stdout, stderr)] = _run([cmd], str(out))
     assert rc == 0, f"torchrun failed ({rc}):\n{stdout}\n{stderr}"
     assert "world size 2 (backend gloo, device cpu)" in stdout and "global batch 20 = 2 x 10" in stdout, stdout
-    assert "step 3" in stdout and "keys without 'module.'" in stdout, stdout
+    assert "(steps 1-3, all-reduced over 2 processes)" in stdout and "keys without 'module.'" in stdout, stdout
     assert stdout.count("test accuracy") == 1, "only rank 0 should log"
     assert "OMP_NUM_THREADS" not in stderr, stderr
     checkpoint = _check_checkpoint(out, world_size=2)
