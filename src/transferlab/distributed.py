@@ -40,11 +40,11 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from transferlab.checkpoint import atomic_open
 from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
-from transferlab.loading import clean_state_dict, load_checkpoint_file, unwrap_checkpoint
+from transferlab.loading import clean_state_dict
 from transferlab.models import TinyResNet, TinyResNet_Weights
+from transferlab.serialization import load_state_dict_file, save_file
 from transferlab.training import BatchSource, train_steps
 
 __all__ = [
@@ -136,8 +136,9 @@ def per_rank_batch(n_train: int, batch_size: int, world_size: int) -> int:
 def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> TinyResNet:
     """A TinyResNet with ``weights`` (``"DEFAULT"`` or a state_dict / checkpoint file) and a fresh ``num_classes`` head.
 
-    The file is read with ``weights_only=True``, unwrapped (``{"model": ...}``) and cleaned of ``module.`` prefixes,
-    then loaded strictly: a file that does not fit TinyResNet is an error, never a silent partial load.
+    The file is read by `load_state_dict_file` (``weights_only=True``, clear errors, ``{"model": ...}`` unwrapped),
+    cleaned of ``module.`` prefixes, then loaded strictly: a file that does not fit TinyResNet is an error, never a
+    silent partial load.
 
     Example:
         >>> load_pretrained("DEFAULT").fc
@@ -145,7 +146,7 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
     """
     if weights == "DEFAULT":
         weights = TinyResNet_Weights.DEFAULT.url
-    state = clean_state_dict(unwrap_checkpoint(load_checkpoint_file(weights)))
+    state = clean_state_dict(load_state_dict_file(weights))
     if "fc.weight" not in state:
         raise ValueError(f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
                          f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT")
@@ -221,9 +222,7 @@ def save_on_rank0(checkpoint: dict[str, Any], path: str, info: DistInfo) -> None
         >>> save_on_rank0({"model": ddp.module.state_dict()}, "ckpt.pt", info)  # doctest: +SKIP
     """
     if info.rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
+        save_file(checkpoint, path)  # the course's atomic writer: never a half-written file
     dist.barrier()  # nobody reports success before the file exists
 
 
