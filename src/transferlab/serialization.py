@@ -238,23 +238,52 @@ def _corrupt(path: Path, reason: str) -> WeightsFileError:
     )
 
 
+def _damage(path: Path) -> str | None:
+    """Why a file cannot be a whole torch.save archive, found without unpickling anything; None if it may be one.
+
+    A zip archive keeps its table of contents at the end (lost when a download or copy is cut short) and a CRC-32
+    of every entry (torch.save writes them), so a byte changed after saving is found before torch reads it.
+    """
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "a zip archive cut short: its table of contents at the end is missing" if head == b"PK\x03\x04" else None
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.CRC == 0 and info.file_size > 0:
+                continue  # saved with torch.serialization.set_crc32_options(False): nothing to compare
+            try:
+                with zf.open(info) as entry:
+                    while entry.read(1 << 24):  # the CRC-32 is compared when the entry has been read to its end
+                        pass
+            except (zipfile.BadZipFile, EOFError, OSError):
+                return f"its entry {info.filename} does not match the checksum written with it: changed after saving"
+    return None
+
+
 def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file and how to fix it.
 
     Never unpickles arbitrary objects: a file whose unpickling would import or call code is refused before
-    anything runs, and the message names what it would have imported. torch's warning about an old pickle
-    protocol is not passed on: the refusal (or the result) says all there is.
+    anything runs, and the message names what it would have imported. A truncated archive, or one changed
+    after it was saved (its CRC-32 checksums no longer match), is refused before torch reads it. torch's
+    warning about an old pickle protocol is not passed on: the refusal (or the result) says all there is.
 
     Raises:
         WeightsNotFoundError: no such file.
-        WeightsFileError: a directory; a corrupt or truncated file; a whole pickled model; a pickle that would
-            import code.
+        WeightsFileError: a directory; a corrupt, truncated or tampered file; a whole pickled model; a pickle
+            that would import code.
 
     Example:
         >>> load_file("weights.pt")  # doctest: +SKIP
     """
     path = Path(path)
     _check_path(path)
+    damage = _damage(path)
+    if damage:
+        raise _corrupt(path, damage)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
