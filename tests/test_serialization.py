@@ -134,7 +134,8 @@ def test_missing_file(tmp_path):
 def test_a_directory_says_it_is_a_directory(tmp_path):
     (tmp_path / "run1").mkdir()
     save_file(small_state_dict(), tmp_path / "run1" / "best.pt")
-    with pytest.raises(WeightsFileError, match=r"is a directory, not a weights file. It holds \['best.pt'\]"):
+    expected = r"is a directory, not a weights file. It holds \['best.pt'\]: pass one of them, e.g. .*run1/best.pt"
+    with pytest.raises(WeightsFileError, match=expected):
         load_file(tmp_path / "run1")
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsFileError, match="is a directory"):
@@ -261,6 +262,15 @@ def test_whole_pickled_model_nested_in_a_checkpoint(tmp_path):
     torch.save({"epoch": 1, "model": nn.Linear(2, 2)}, path)
     with pytest.raises(WeightsFileError, match=r"whole pickled model \(torch.nn.modules.linear.Linear\)"):
         load_file(path)
+
+
+def test_legacy_torch_file_that_would_run_code_is_named(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old_evil.pt"
+    torch.save({"w": torch.ones(2), "x": SystemCall(f"touch {marker}")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsFileError, match=r"would import and call 'posix.system'"):
+        load_file(path)
+    assert not marker.exists()
 
 
 def test_unsafe_globals_of_a_plain_state_dict_is_empty(tmp_path):
