@@ -205,14 +205,14 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    start, load_start = time.perf_counter(), os.getloadavg()
+    start, load_start, commit = time.perf_counter(), os.getloadavg(), git_commit()  # the code as it was when started
     timing = photo_timing()
     rows_p, t_p = part_photos(args)
     rows_d, t_d = part_digits(args)
     summary = summarise(rows_p + rows_d)
     result = {
         "command": " ".join(["python", *sys.argv]),
-        "commit": git_commit(),
+        "commit": commit,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "threads": torch.get_num_threads(),
         "loadavg_start": load_start,
