@@ -5,23 +5,29 @@ gravel, moon, cell, ihc; ``transferlab.photos.TEXTURES``) are cut into grey 64x6
 LEFT half of each photo, 32 test patches from the RIGHT half (``photo_patches``). With k = 1, 3, 5 labelled patches per
 class (``few_shot_indices``, one draw per seed), a logistic regression (scikit-learn, standardised inputs) is fitted on
 
-* ``imagenet``  pooled features of EfficientNet-Lite0 with its ImageNet weights (patches resized to 128 px),
+* ``imagenet``  pooled features of EfficientNet-Lite0 with its ImageNet weights (patches resized to 96 px),
 * ``random``    the same architecture with random weights (one fixed init, ``seed_everything(0)``),
 * ``pixels``    the raw pixels (64 x 64 = 4,096 grey values),
 
 and scored on all 192 test patches. Features are computed once per backbone (``extract_features``) and reused.
 
-Part 2, which source? On the course's digits target (``target_dataset``: k labelled scenes per class, the fixed
-1,000-scene test set), the same logistic regression on the features of
+Part 2, which source? On the course's digits target (``target_dataset``: k labelled scenes per class; scored on the
+first 500 scenes of the fixed test set, one scene of each held-out digit image), the same logistic regression on
 
 * ``letters``   the course's TinyResNet pretrained on 52 printed letters in scenes (its own normalisation, 32 px),
-* ``imagenet``  EfficientNet-Lite0 with ImageNet weights (scenes resized 32 -> 128 px, its own normalisation),
+* ``imagenet``  EfficientNet-Lite0 with ImageNet weights (scenes resized 32 -> 96 px, its own normalisation),
 * ``pixels``    the raw pixels (3 x 32 x 32), as a reference.
 
 Usage (repository root)::
 
     PYTHONPATH=src python benchmarks/real_photos.py              # full run -> benchmarks/results/real_photos.{json,md}
     PYTHONPATH=src python benchmarks/real_photos.py --seeds 2 --digit-ks 5 --name quick   # a quick subset
+    # or in parts, in parallel (one thread each; every run seeds itself, so the numbers do not depend on the grouping)
+    PYTHONPATH=src python benchmarks/real_photos.py --parts photos --name rp_photos &
+    PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 5 10 --name rp_digits_a &
+    PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 50 --digit-seeds 0 --name rp_digits_b &
+    ...; wait
+    PYTHONPATH=src python benchmarks/real_photos.py --merge benchmarks/results/rp_*.json
 
 The result file records the command line, the git commit, the thread count, the machine load and the time per image.
 """
@@ -112,15 +118,19 @@ def part_photos(args) -> tuple[list[dict], dict]:
 
 def part_digits(args) -> tuple[list[dict], dict]:
     test = target_dataset("test")
-    backbones = {"letters": letters_extractor(), "imagenet": lite0_extractor(EfficientNetLite0_Weights.DEFAULT, 128)}
+    test_x, test_y = test.images[: args.digit_test], test.labels[: args.digit_test]
+    backbones = {
+        "letters": letters_extractor(),
+        "imagenet": lite0_extractor(EfficientNetLite0_Weights.DEFAULT, args.size),
+    }
     test_feats, timing = {}, {}
     for name, backbone in backbones.items():
-        test_feats[name], s = features(backbone, test.images, test.labels)
+        test_feats[name], s = features(backbone, test_x, test_y)
         timing[f"{name}_ms_per_scene"] = 1000 * s
-    test_feats["pixels"] = test.images.flatten(1)
+    test_feats["pixels"] = test_x.flatten(1)
     rows = []
     for k in args.digit_ks:
-        for seed in range(args.digit_seeds):
+        for seed in args.digit_seeds:
             train = target_dataset("train", k=k, seed=seed)
             for name in ("letters", "imagenet", "pixels"):
                 tr = (
@@ -128,7 +138,7 @@ def part_digits(args) -> tuple[list[dict], dict]:
                     if name == "pixels"
                     else features(backbones[name], train.images, train.labels)[0]
                 )
-                acc = probe_accuracy(tr, train.labels, test_feats[name], test.labels)
+                acc = probe_accuracy(tr, train.labels, test_feats[name], test_y)
                 rows.append({"part": "digits", "method": name, "k": k, "seed": seed, "accuracy": acc})
                 print(f"digits k={k} seed={seed} {name:9s} {acc:.3f}", flush=True)
     return rows, timing
@@ -160,10 +170,12 @@ def summarise(rows: list[dict]) -> dict:
             row["accuracy"]
         )
     return {
-        part: {m: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in ks.items()}
-               for m, ks in methods.items()}
+        part: {
+            m: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in ks.items()}
+            for m, ks in methods.items()
+        }
         for part, methods in table.items()
-    }  # fmt: skip
+    }
 
 
 def markdown(summary: dict, part: str, label: dict[str, str]) -> str:
@@ -194,9 +206,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5], help="labelled patches per class (photos)")
     p.add_argument("--seeds", type=int, default=10, help="draws of the k patches (photos)")
-    p.add_argument("--size", type=int, default=128, help="Lite0 input size for the 64 px patches")
+    p.add_argument("--size", type=int, default=96, help="Lite0 input size (64 px patches and 32 px scenes are resized)")
     p.add_argument("--digit-ks", type=int, nargs="+", default=[5, 10, 50], help="labelled scenes per class (digits)")
-    p.add_argument("--digit-seeds", type=int, default=3, help="training sets per k (digits)")
+    p.add_argument("--digit-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the training sets (digits)")
+    p.add_argument(
+        "--digit-test", type=int, default=500, help="first N test scenes (500: one scene per held-out digit)"
+    )
+    p.add_argument("--parts", nargs="+", default=["photos", "digits"], choices=["photos", "digits"])
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge the runs of part files into one result")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="real_photos", help="results file stem in benchmarks/results/")
     return p.parse_args(argv)
@@ -206,15 +223,35 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start, load_start, commit = time.perf_counter(), os.getloadavg(), git_commit()  # the code as it was when started
-    timing = photo_timing()
-    rows_p, t_p = part_photos(args)
-    rows_d, t_d = part_digits(args)
-    summary = summarise(rows_p + rows_d)
+    if args.merge:
+        parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
+        rows = [row for part in parts for row in part["runs"]]
+        timing = {key: value for part in parts for key, value in part["timing"].items()}
+        provenance = [
+            {
+                key: part[key]
+                for key in ("command", "commit", "threads", "loadavg_start", "loadavg_end", "benchmark_seconds")
+            }
+            for part in parts
+        ]
+        args.seeds = max(r["seed"] for r in rows if r["part"] == "photos") + 1
+        args.digit_seeds = sorted({r["seed"] for r in rows if r["part"] == "digits"})
+        args.threads = max(part["threads"] for part in parts)
+    else:
+        rows, timing, provenance = [], {}, []
+        if "photos" in args.parts:
+            timing.update(photo_timing())
+            rows_p, t_p = part_photos(args)
+            rows, timing = rows + rows_p, {**timing, **t_p}
+        if "digits" in args.parts:
+            rows_d, t_d = part_digits(args)
+            rows, timing = rows + rows_d, {**timing, **t_d}
+    summary = summarise(rows)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "commit": commit,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
         "loadavg_start": load_start,
         "loadavg_end": os.getloadavg(),
         "note": "times measured under load (other jobs shared the 2 cores)" if load_start[0] > 2.5 else "",
@@ -226,19 +263,28 @@ def main(argv=None) -> None:
         },
         "args": vars(args),
         "classes": list(TEXTURES),
-        "timing": {**timing, **t_p, **t_d},
-        "benchmark_seconds": time.perf_counter() - start,
+        "timing": timing,
+        "benchmark_seconds": sum(p["benchmark_seconds"] for p in provenance)
+        if args.merge
+        else time.perf_counter() - start,
+        "parts": provenance,
         "summary": summary,
-        "runs": rows_p + rows_d,
+        "runs": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / args.name
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    tables = (
-        f"Few labels on real photos ({len(TEXTURES)} classes, chance {1 / len(TEXTURES):.3f}; {args.seeds} seeds):\n\n"
-        f"{markdown(summary, 'photos', LABELS['photos'])}\n\n"
-        f"Which source? Digits target ({args.digit_seeds} seeds):\n\n{markdown(summary, 'digits', LABELS['digits'])}\n"
-    )
+    tables = ""
+    if "photos" in summary:
+        tables += (
+            f"Few labels on real photos ({len(TEXTURES)} classes, chance {1 / len(TEXTURES):.3f}; "
+            f"{args.seeds} seeds):\n\n{markdown(summary, 'photos', LABELS['photos'])}\n\n"
+        )
+    if "digits" in summary:
+        tables += (
+            f"Which source? Digits target ({len(args.digit_seeds)} seeds, {args.digit_test} test scenes):\n\n"
+            f"{markdown(summary, 'digits', LABELS['digits'])}\n"
+        )
     stem.with_suffix(".md").write_text(
         f"<!-- {result['command']} @ {result['commit']} -->\n\n{tables}", encoding="utf-8"
     )
