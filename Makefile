@@ -46,6 +46,11 @@ benchmarks: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10
 	$(BIN)/python benchmarks/notebook_times.py
 
+## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
+.PHONY: benchmark-real-photos
+benchmark-real-photos: install
+	$(BIN)/python benchmarks/real_photos.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
