@@ -48,7 +48,6 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import torch
-from provenance import RESULTS, csv_header, run_info, run_started
 from torch import Tensor, nn
 
 from transferlab.data import TARGET_CLASSES, target_dataset
@@ -58,6 +57,8 @@ from transferlab.heads import replace_head
 from transferlab.loading import load_checkpoint_file
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.training import evaluate, train_steps
+
+from provenance import RESULTS, csv_header, run_info, run_started
 
 ALL_KS = ("1", "5", "10", "20", "50", "100", "all")
 DEFAULT_KS = ("1", "5", "10", "20", "50", "all")  # k=100 is close to all (124-133 per class); run it with --ks
