@@ -54,8 +54,8 @@ from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
 from transferlab.features import extract_features
 from transferlab.heads import replace_head
-from transferlab.loading import load_checkpoint_file
 from transferlab.models import TinyResNet_Weights, tiny_resnet
+from transferlab.serialization import load_state_dict_file
 from transferlab.training import evaluate, train_steps
 
 from provenance import RESULTS, csv_header, run_info, run_started
@@ -109,7 +109,7 @@ def pretrained(weights: str | None, seed: int) -> nn.Module:
     if weights is None:
         model = tiny_resnet(weights=TinyResNet_Weights.DEFAULT)
     else:
-        state = load_checkpoint_file(weights)
+        state = load_state_dict_file(weights)
         model = tiny_resnet(num_classes=len(state["fc.bias"]))
         model.load_state_dict(state)
     return replace_head(model, len(TARGET_CLASSES))
