@@ -94,6 +94,11 @@ bench-cache: install
 bench-suite: install
 	$(BIN)/python benchmarks/suite_time.py
 
+## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
+.PHONY: benchmark-real-photos
+benchmark-real-photos: install
+	$(BIN)/python benchmarks/real_photos.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

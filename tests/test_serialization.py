@@ -134,7 +134,8 @@ def test_missing_file(tmp_path):
 def test_a_directory_says_it_is_a_directory(tmp_path):
     (tmp_path / "run1").mkdir()
     save_file(small_state_dict(), tmp_path / "run1" / "best.pt")
-    with pytest.raises(WeightsFileError, match=r"is a directory, not a weights file. It holds \['best.pt'\]"):
+    expected = r"is a directory, not a weights file. It holds \['best.pt'\]: pass one of them, e.g. .*run1/best.pt"
+    with pytest.raises(WeightsFileError, match=expected):
         load_file(tmp_path / "run1")
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsFileError, match="is a directory"):
@@ -152,6 +153,7 @@ def damaged_files(tmp_path):
         "junk.pt": b"this is not a checkpoint",
         "empty.pt": b"",
         "zeroed_middle.pt": data[:200] + bytes(400) + data[600:],  # tampered: part of the archive overwritten
+        "not_a_zip.pt": b"\x80\x02}q\x00." + bytes(20),  # a raw pickle of {} and junk: torch cannot read it
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
@@ -166,6 +168,28 @@ def test_damaged_files_get_a_clear_message_fast(tmp_path):
         assert time.perf_counter() - start < 10.0, name  # generous: about 0.01 s on a quiet machine
         message = str(info.value)
         assert name in message and "corrupt, truncated or not a PyTorch checkpoint" in message, message
+
+
+def test_a_byte_changed_after_saving_is_found(tmp_path):
+    weights = torch.arange(256, dtype=torch.float32) * 0.5
+    path = save_file({"w": weights}, tmp_path / "w.pt")
+    data = bytearray(path.read_bytes())
+    at = data.find(weights.numpy().tobytes())  # the tensor's storage, stored uncompressed in the archive
+    assert at > 0
+    data[at + 100] ^= 0x01  # one bit of one float: torch.load alone would return the altered tensor
+    (tmp_path / "tampered.pt").write_bytes(bytes(data))
+    assert not torch.equal(torch.load(tmp_path / "tampered.pt", weights_only=True)["w"], weights)
+    with pytest.raises(WeightsFileError, match=r"tampered.pt .*entry archive/data/0 does not match the checksum"):
+        load_file(tmp_path / "tampered.pt")
+
+
+def test_archive_written_without_checksums_still_loads(tmp_path):
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": torch.ones(3)}, tmp_path / "nocrc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(load_file(tmp_path / "nocrc.pt")["w"], torch.ones(3))
 
 
 # ---- load_file: pickles that would run code --------------------------------------------------------------------
@@ -203,16 +227,15 @@ def test_os_system_payload_is_named_and_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
-def test_raw_pickle_is_refused_naming_the_call_without_a_warning(tmp_path, protocol):
+def test_raw_pickle_is_refused_naming_the_call_without_a_warning(tmp_path, protocol, recwarn):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"weight": torch.ones(2), "x": Exec(f"open({str(marker)!r}, 'w').close()")},
                                   protocol=protocol))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(WeightsFileError, match=r"import and call .*'(builtins|__builtin__).exec'"):
-            load_file(path)
-    assert [str(w.message) for w in caught] == []
+    warnings.simplefilter("always")  # recwarn records every warning, even one already shown
+    with pytest.raises(WeightsFileError, match=r"import and call .*'(builtins|__builtin__).exec'"):
+        load_file(path)
+    assert [str(w.message) for w in recwarn] == []
     assert not marker.exists()
     pickle.loads(path.read_bytes())  # the same file unpickled unsafely does run the payload
     assert marker.exists()
@@ -239,6 +262,15 @@ def test_whole_pickled_model_nested_in_a_checkpoint(tmp_path):
     torch.save({"epoch": 1, "model": nn.Linear(2, 2)}, path)
     with pytest.raises(WeightsFileError, match=r"whole pickled model \(torch.nn.modules.linear.Linear\)"):
         load_file(path)
+
+
+def test_legacy_torch_file_that_would_run_code_is_named(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old_evil.pt"
+    torch.save({"w": torch.ones(2), "x": SystemCall(f"touch {marker}")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsFileError, match=r"would import and call 'posix.system'"):
+        load_file(path)
+    assert not marker.exists()
 
 
 def test_unsafe_globals_of_a_plain_state_dict_is_empty(tmp_path):

@@ -100,7 +100,8 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise WeightsFileError(
             f"{path} is not a checkpoint dict with keys {REQUIRED_KEYS} (found {found}). "
-            "If it is a bare state_dict, use model.load_state_dict(torch.load(path, weights_only=True)).")
+            "If it is a bare state_dict, load it with transferlab.loading.load_matching(model, path, strict=True) "
+            "or model.load_state_dict(transferlab.serialization.load_state_dict_file(path)).")
     return checkpoint
 
 

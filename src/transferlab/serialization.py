@@ -149,23 +149,24 @@ def _globals_in_order(data: bytes) -> list[str]:
     memo: dict[Any, Any] = {}
     recent: list[Any] = []  # values pushed by the last ops that push one (None for non-strings)
     stream = io.BytesIO(data)
-    while stream.tell() < len(data):
-        for op, arg, _ in pickletools.genops(stream):
-            if op.name == "GLOBAL":
-                found.append(str(arg).replace(" ", "."))
-                recent.append(None)
-            elif op.name == "STACK_GLOBAL":
-                if len(recent) >= 2 and all(isinstance(s, str) for s in recent[-2:]):
-                    found.append(f"{recent[-2]}.{recent[-1]}")
-                recent.append(None)
-            elif op.name == "MEMOIZE":
-                memo[len(memo)] = recent[-1] if recent else None
-            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = recent[-1] if recent else None
-            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                recent.append(memo.get(arg))
-            elif op.stack_after and op.name not in ("FRAME", "PROTO"):
-                recent.append(arg if isinstance(arg, str) else None)
+    try:
+        while stream.tell() < len(data):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "STACK_GLOBAL"):
+                    named = str(arg).replace(" ", ".") if op.name == "GLOBAL" else ".".join(map(str, recent[-2:]))
+                    if op.name == "GLOBAL" or (len(recent) >= 2 and all(isinstance(v, str) for v in recent[-2:])):
+                        found.append(named)
+                    recent.append(None)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = recent[-1] if recent else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    recent.append(memo.get(arg))
+                elif op.stack_after and op.name not in ("FRAME", "PROTO"):
+                    recent.append(arg if isinstance(arg, str) else None)
+    except Exception:  # damaged, or the raw storage bytes after a legacy file's pickles: keep what was read
+        pass
     return list(dict.fromkeys(found))
 
 
@@ -183,7 +184,7 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     try:
         ordered = [g for data in _pickles(path) for g in _globals_in_order(data)]
-    except Exception:  # a damaged stream: keep what torch itself can say
+    except (OSError, zipfile.BadZipFile):  # unreadable: keep what torch itself can say
         ordered = []
     try:
         unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -199,8 +200,8 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
 def _check_path(path: Path) -> None:
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))[:5]
-        hint = f" It holds {inside}; pass one of them" if inside else " Pass the path of the weights file inside it"
-        raise WeightsFileError(f"{str(path)!r} is a directory, not a weights file.{hint}, e.g. {path / 'weights.pt'}.")
+        hint = f"It holds {inside}: pass one of them, e.g. {path / inside[0]}" if inside else "Pass a file inside it"
+        raise WeightsFileError(f"{str(path)!r} is a directory, not a weights file. {hint}.")
     if not path.is_file():
         raise WeightsNotFoundError(
             f"weights file {str(path)!r} does not exist (working directory: {os.getcwd()}). "
@@ -238,23 +239,52 @@ def _corrupt(path: Path, reason: str) -> WeightsFileError:
     )
 
 
+def _damage(path: Path) -> str | None:
+    """Why a file cannot be a whole torch.save archive, found without unpickling anything; None if it may be one.
+
+    A zip archive keeps its table of contents at the end (lost when a download or copy is cut short) and a CRC-32
+    of every entry (torch.save writes them), so a byte changed after saving is found before torch reads it.
+    """
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "a zip archive cut short: its table of contents at the end is missing" if head == b"PK\x03\x04" else None
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.CRC == 0 and info.file_size > 0:
+                continue  # saved with torch.serialization.set_crc32_options(False): nothing to compare
+            try:
+                with zf.open(info) as entry:
+                    while entry.read(1 << 24):  # the CRC-32 is compared when the entry has been read to its end
+                        pass
+            except (zipfile.BadZipFile, EOFError, OSError):
+                return f"its entry {info.filename} does not match the checksum written with it: changed after saving"
+    return None
+
+
 def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file and how to fix it.
 
     Never unpickles arbitrary objects: a file whose unpickling would import or call code is refused before
-    anything runs, and the message names what it would have imported. torch's warning about an old pickle
-    protocol is not passed on: the refusal (or the result) says all there is.
+    anything runs, and the message names what it would have imported. A truncated archive, or one changed
+    after it was saved (its CRC-32 checksums no longer match), is refused before torch reads it. torch's
+    warning about an old pickle protocol is not passed on: the refusal (or the result) says all there is.
 
     Raises:
         WeightsNotFoundError: no such file.
-        WeightsFileError: a directory; a corrupt or truncated file; a whole pickled model; a pickle that would
-            import code.
+        WeightsFileError: a directory; a corrupt, truncated or tampered file; a whole pickled model; a pickle
+            that would import code.
 
     Example:
         >>> load_file("weights.pt")  # doctest: +SKIP
     """
     path = Path(path)
     _check_path(path)
+    damage = _damage(path)
+    if damage:
+        raise _corrupt(path, damage)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
