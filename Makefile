@@ -6,7 +6,8 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install lab test unit notebooks weights benchmarks clean
+.PHONY: install lab test unit notebooks weights benchmarks clean lint \
+	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 
 install: $(VENV)/.installed
 
@@ -24,9 +25,13 @@ lab: install
 test: install
 	$(BIN)/python -m pytest
 
-## Unit tests only (fast).
+## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
+
+## Lint the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
+lint: install
+	$(BIN)/ruff check .
 
 ## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel.
 notebooks: install
@@ -45,6 +50,49 @@ weights: install
 benchmarks: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10
 	$(BIN)/python benchmarks/notebook_times.py
+
+# Accuracy benchmarks (benchmarks/transfer_gain.py; one thread per run; results in benchmarks/results/).
+TRANSFER = $(BIN)/python benchmarks/transfer_gain.py --threads 1
+
+## The README table's k=5 row, 5 seeds, compared run by run with the full table's results.
+bench-transfer: install
+	$(TRANSFER) --ks 5 --name transfer_gain_k5 --compare benchmarks/results/transfer_gain.json
+
+## The whole README table (6 values of k x 5 seeds): three parts in parallel, then merged.
+bench-table: install
+	$(TRANSFER) --ks 1 5 10 20 --scratch-lrs 3e-3 1e-2 --name part_a & \
+	$(TRANSFER) --ks 50 all --scratch-lrs 3e-3 1e-2 --name part_b & \
+	$(TRANSFER) --ks 5 10 1 20 50 all --methods scratch --scratch-lrs 3e-2 --name part_c & \
+	wait
+	$(TRANSFER) --merge benchmarks/results/part_a.json benchmarks/results/part_b.json benchmarks/results/part_c.json
+
+## Ablation: pretrain without the digit-like letters (O l Z S b B g), transfer those weights at k=5 and 10.
+bench-ablation: install
+	tmp=$$(mktemp -d) && \
+	$(BIN)/python -m transferlab.pretrain --exclude OlZSbBg --threads 1 --out $$tmp/no_digit_like.pt && \
+	$(TRANSFER) --ks 5 10 --methods features finetune --weights $$tmp/no_digit_like.pt \
+		--name ablation_no_digit_like_letters; status=$$?; rm -rf $$tmp; exit $$status
+
+## Time per run on a QUIET machine (2 threads, 2 seeds at k=5 and all): run it with nothing else running.
+bench-quiet: install
+	$(BIN)/python benchmarks/transfer_gain.py --threads 2 --ks 5 all --seeds 2 --name timing_quiet
+
+## Repeat check: k=5, seed 0 again; fails unless every accuracy equals the table's run (same machine, 1 thread).
+bench-repeat: install
+	$(TRANSFER) --ks 5 --seeds 1 --name repeat_check_t1 --compare benchmarks/results/transfer_gain.json --must-match
+
+## The rescue attempts for from-scratch training (greyscale input, colour and shift augmentation), k=5 and 10.
+bench-rescue: install
+	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant grey --name rescue_grey
+	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant augment --name rescue_augment
+
+## Feature-cache speed-up, several repeats (benchmarks/results/feature_cache.json).
+bench-cache: install
+	$(BIN)/python benchmarks/feature_cache.py --epochs 10 --repeats 5
+
+## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile), both must pass (benchmarks/results/suite_time.json).
+bench-suite: install
+	$(BIN)/python benchmarks/suite_time.py
 
 ## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
 .PHONY: benchmark-real-photos

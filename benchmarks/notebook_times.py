@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from provenance import ROOT, run_info, run_started
+
 RESULTS = ROOT / "benchmarks" / "results" / "notebook_times.json"
 NOTEBOOK_LIMIT_S, SUITE_LIMIT_S = 60.0, 300.0
 
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("notebooks", nargs="*", help="notebooks to time (default: all of notebooks/NN_*.ipynb)")
     parser.add_argument("--no-suite", action="store_true", help="skip the whole-suite run")
     args = parser.parse_args()
+    started = run_started()
     notebooks = [Path(p) for p in args.notebooks] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"notebooks": {}}
     for nb in notebooks:
@@ -71,6 +73,7 @@ def main() -> None:
         print(f"{'whole suite (python -m pytest)':<45} {elapsed:6.1f} s wall  {cpu:6.1f} s CPU  "
               f"{'pass' if passed else 'FAIL'}  {summary}")
     results["cpu_count"] = os.cpu_count()
+    results["provenance"] = run_info(started)  # of the latest run (earlier per-notebook rows keep their load average)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 

@@ -44,17 +44,21 @@ def command_line() -> str:
 
 
 def run_started() -> dict[str, Any]:
-    """Call before measuring: the start time and the load average (1, 5, 15 min) at the start."""
-    return {"time": time.time(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    """Call before measuring: the commit checked out, the start time and the load average (1, 5, 15 min)."""
+    return {
+        "commit": _git("rev-parse", "HEAD") or "unknown",
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "time": time.time(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def run_info(started: dict[str, Any]) -> dict[str, Any]:
     """Provenance of a run begun at ``started`` (from `run_started`); ``threads`` is what torch actually used."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "command": command_line(),
-        "commit": _git("rev-parse", "HEAD") or "unknown",
-        "uncommitted_changes": bool(status),
+        "commit": started["commit"],  # at the start: the code that ran
+        "uncommitted_changes": started["uncommitted_changes"],
         "threads": torch.get_num_threads(),
         "load_average_start": started["load_average"],
         "load_average": [round(x, 2) for x in os.getloadavg()],  # at the end of the run

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlab.features import extract_features, train_head
+from transferlab.features import ShuffledBatches, extract_features, train_head
 
 
 def backbone_and_data():
@@ -46,3 +46,28 @@ def test_train_head_learns_on_cached_features_and_matches_full_model():
     full = nn.Sequential(backbone, nn.Flatten(), head).eval()
     with torch.no_grad():
         assert torch.equal(full(data.tensors[0]).argmax(1), head(feats.tensors[0]).argmax(1))
+
+
+def test_shuffled_batches_cover_every_sample_once_per_pass_in_a_seeded_order():
+    data = TensorDataset(torch.arange(10.0), torch.arange(10))
+    batches = ShuffledBatches(data, 4, generator=torch.Generator().manual_seed(0))
+    first, second = list(batches), list(batches)
+    assert len(batches) == 3 and [len(x) for x, _ in first] == [4, 4, 2]
+    for one_pass in (first, second):
+        x = torch.cat([b[0] for b in one_pass])
+        assert sorted(x.tolist()) == list(range(10))  # a permutation: every sample exactly once
+        assert torch.equal(torch.cat([b[1] for b in one_pass]).float(), x)  # inputs and labels stay paired
+    assert not torch.equal(torch.cat([b[0] for b in first]), torch.cat([b[0] for b in second]))  # new order
+    again = list(ShuffledBatches(data, 4, generator=torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again, strict=True))
+
+
+def test_train_head_without_validation_picks_the_best_epoch_on_the_training_features():
+    backbone, data = backbone_and_data()
+    feats = extract_features(backbone, DataLoader(data, batch_size=16))
+    head = nn.Linear(4, 2)
+    history = train_head(head, feats, None, torch.optim.SGD(head.parameters(), lr=0.5), epochs=5, batch_size=8,
+                         progress=False)
+    x, y = feats.tensors
+    with torch.no_grad():
+        assert history.val_acc[history.best_epoch] == (head(x).argmax(1) == y).float().mean().item()

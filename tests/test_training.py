@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlab.training import History, evaluate, fit, predict, train_one_epoch
+from transferlab.training import History, evaluate, fit, predict, train_one_epoch, train_steps
 
 
 def blobs(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -40,7 +40,7 @@ def test_train_one_epoch_matches_a_plain_pytorch_loop():
         correct += (out.argmax(1) == y).sum().item()
     assert loss == pytest.approx(sum(losses) / len(losses))
     assert acc == pytest.approx(correct / len(data))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
@@ -109,12 +109,27 @@ def test_fit_keeps_and_restores_the_best_weights():
     assert history.best_epoch == 1 and history.val_acc == [0.0, 1.0, 0.0, 0.0]
     assert history.best_state["calls"].item() == 2
     assert model.calls.item() == 2  # restored from the best epoch
-    assert history.best_state["w"] is not model.w  # a copy, not a view of the live weights
+    assert not shares_storage(history.best_state, model)  # a copy, not a view of the live weights
 
     model2 = Scripted()
-    fit(model2, DataLoader(data, batch_size=2), DataLoader(data, batch_size=4),
-        torch.optim.SGD(model2.parameters(), lr=0.1), epochs=4, progress=False, restore_best=False)
+    history2 = fit(model2, DataLoader(data, batch_size=2), DataLoader(data, batch_size=4),
+                   torch.optim.SGD(model2.parameters(), lr=0.1), epochs=4, progress=False, restore_best=False)
     assert model2.calls.item() == 4
+    assert history2.best_state["calls"].item() == 2  # later epochs did not reach into the kept copy
+
+
+def shares_storage(state: dict[str, torch.Tensor], model: nn.Module) -> bool:
+    """True if any tensor of ``state`` lives in the same memory as the model's own tensor of that name."""
+    live = model.state_dict()
+    return any(t.untyped_storage().data_ptr() == live[k].untyped_storage().data_ptr() for k, t in state.items())
+
+
+def test_shares_storage_detects_a_shallow_copy():
+    """The check above can fail: a state_dict (or a shallow copy of it) shares the live tensors' memory."""
+    model = Scripted()
+    assert shares_storage(model.state_dict(), model)
+    assert shares_storage(copy.copy(model.state_dict()), model)
+    assert not shares_storage(copy.deepcopy(model.state_dict()), model)
 
 
 def test_fit_progress_bar_writes_to_stderr_only_when_enabled(capsys):
@@ -136,3 +151,81 @@ def test_fit_calls_on_epoch_start_and_rejects_zero_epochs():
     assert seen == [2, 3, 4]
     with pytest.raises(ValueError, match="epochs"):
         fit(model, DataLoader(data), None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=0)
+
+
+def plain_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> list[float]:
+    """The step-budgeted loop written out: draw a batch with replacement, one AdamW step, one cosine step."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        pick = torch.randint(len(y), (16,), generator=g)
+        loss = nn.functional.cross_entropy(model(x[pick]), y[pick])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_train_steps_matches_a_plain_pytorch_loop():
+    x, y = blobs().tensors
+    a, b = make_model(), make_model()
+    opt = torch.optim.AdamW(a.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 12)
+    a.eval()
+    losses = train_steps(a, (x, y), 12, opt, batch_size=16, generator=torch.Generator().manual_seed(3), scheduler=sched)
+    assert a.training  # train mode: BatchNorm used batch statistics
+    assert losses == plain_steps(b, x, y, 12, seed=3)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # the scheduler stepped once per step
+
+
+def test_train_steps_repeats_with_the_same_seed_and_differs_with_another():
+    x, y = blobs().tensors
+
+    def run(seed):
+        model = make_model()
+        train_steps(model, (x, y), 5, torch.optim.SGD(model.parameters(), lr=0.1), batch_size=8,
+                    generator=torch.Generator().manual_seed(seed))
+        return model[0].weight
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_train_steps_takes_a_batch_source_and_a_transform():
+    x, y = blobs().tensors
+    asked, logged = [], []
+
+    def source(step):
+        asked.append(step)
+        return x[step * 8 : step * 8 + 8], y[step * 8 : step * 8 + 8]
+
+    model = make_model()
+    reference = make_model()
+    losses = train_steps(model, source, 4, torch.optim.SGD(model.parameters(), lr=0.1), transform=lambda t: 2 * t,
+                         on_step=lambda step, loss: logged.append((step, loss)))
+    assert asked == [0, 1, 2, 3] and [s for s, _ in logged] == [0, 1, 2, 3]
+    assert [loss for _, loss in logged] == losses
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for step in range(4):
+        loss = nn.functional.cross_entropy(reference(2 * x[step * 8 : step * 8 + 8]), y[step * 8 : step * 8 + 8])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.equal(model[0].weight, reference[0].weight)
+
+
+def test_train_steps_rejects_a_zero_budget_and_mismatched_tensors():
+    x, y = blobs().tensors
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        train_steps(model, (x, y), 0, opt)
+    with pytest.raises(ValueError, match="as many inputs as targets"):
+        train_steps(model, (x, y[:-1]), 3, opt)

@@ -47,11 +47,11 @@ def extract_features(backbone: nn.Module, loader: Iterable[Batch], device: torch
 
 
 class ShuffledBatches:
-    """Minibatches of in-memory tensors in a new random order every pass, indexed a whole batch at a time.
+    """Minibatches of in-memory tensors in a new random order every pass.
 
     What ``DataLoader(TensorDataset(...), batch_size, shuffle=True)`` yields, without its per-batch overhead: no
-    sampler turning indices into a Python list, no collation. ``generator`` draws the order (``None``: torch's
-    global generator, which `seed_everything` seeds).
+    sampler turning indices into a Python list, no collation; the tensors are shuffled once per pass and sliced.
+    ``generator`` draws the order (``None``: torch's global generator, which `seed_everything` seeds).
 
     Example:
         >>> data = TensorDataset(torch.arange(5.0), torch.arange(5))
@@ -69,8 +69,8 @@ class ShuffledBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = torch.randperm(len(self.tensors[0]), generator=self.generator)
-        for index in order.split(self.batch_size):
-            yield tuple(t[index] for t in self.tensors)
+        shuffled = [t[order] for t in self.tensors]  # one gather per pass; the batches are slices of it
+        yield from zip(*(t.split(self.batch_size) for t in shuffled), strict=True)
 
 
 def _in_order(data: TensorDataset, batch_size: int = 1024) -> list[tuple[torch.Tensor, ...]]:
