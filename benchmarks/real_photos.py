@@ -156,9 +156,9 @@ def photo_timing() -> dict:
         start = time.perf_counter()
         probs = torch.cat([model(x[None]) for x in batch]).softmax(1)
         ms = 1000 * (time.perf_counter() - start) / len(names)
-    for name, p in zip(names, probs):
+    for name, p in zip(names, probs, strict=True):
         values, index = p.topk(3)
-        top3[name] = [[weights.meta["categories"][i], round(float(v), 3)] for v, i in zip(values, index)]
+        top3[name] = [[weights.meta["categories"][i], round(float(v), 3)] for v, i in zip(values, index, strict=True)]
     return {"lite0_224px_ms_per_photo_batch1": ms, "top3": top3}
 
 

