@@ -89,7 +89,7 @@ def test_freeze_bn_in_a_torchvision_resnet():
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [bn.running_mean.clone() for bn in bns]
     model(torch.randn(2, 3, 32, 32))
-    assert all(torch.equal(bn.running_mean, b) for bn, b in zip(bns, before))
+    assert all(torch.equal(bn.running_mean, b) for bn, b in zip(bns, before, strict=True))
     assert len(bns) == 20
 
 

@@ -80,7 +80,7 @@ def test_reaches_published_source_accuracy():
     test = source_dataset("test", transform=weights.transforms())
     with torch.no_grad():
         preds = torch.cat([model(torch.stack([test[i][0] for i in range(s, min(s + 520, len(test)))])).argmax(1)
-                           for s in range(0, len(test), 520)])  # fmt: skip
+                           for s in range(0, len(test), 520)])
     acc = float((preds == test.labels).float().mean())
     assert abs(acc - published) <= 0.01
     assert acc > 5 / 52  # far above chance

@@ -40,7 +40,7 @@ import math
 import os
 import string
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import matplotlib
 import numpy as np
@@ -77,7 +77,7 @@ SOURCE_FONTS: tuple[str, ...] = (
     "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
     "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
     "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf", "cmb10.ttf",
-)  # fmt: skip
+)
 IMAGE_SIZE = 32
 TARGET_DIFFICULTY = 0.6  # nuisance level of the target scenes (see the benchmark for how it was chosen)
 TARGET_PALETTE = "paper"
@@ -93,7 +93,7 @@ def _font_dir() -> str:
     return os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(name: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(os.path.join(_font_dir(), name), 40)
 
@@ -107,7 +107,7 @@ def _render_glyph(char: str, font: str, rotate: float, shear: float, aspect: flo
     """Render one jittered character and degrade it to an 8x8 count map in 0..16."""
     canvas = Image.new("L", (96, 96), 0)
     ImageDraw.Draw(canvas).text((48, 48), char, fill=255, font=_font(font), anchor="mm", stroke_width=stroke,
-                                stroke_fill=255)  # fmt: skip
+                                stroke_fill=255)
     # Inverse affine map (output -> input) about the centre: rotation, shear and horizontal stretch.
     c, s = math.cos(math.radians(rotate)), math.sin(math.radians(rotate))
     a, b, d, e = c / aspect, (s + shear * c) / aspect, -s, c - shear * s
@@ -233,7 +233,7 @@ def render_scenes(glyphs: Tensor, difficulty: float | Tensor, palette: str, seed
     direction = 2 * math.pi * u(n)
     ramp = torch.linspace(-1, 1, IMAGE_SIZE)
     along = torch.cos(direction)[:, None, None] * ramp[None, None, :] + torch.sin(direction)[:, None, None] * ramp[
-        None, :, None]  # fmt: skip
+        None, :, None]
     along = ((along + 1) / 2)[:, None]  # [N, 1, 32, 32] in [0, 1]
     image = bg[..., None, None] + along * (bg2 - bg)[..., None, None]
     # Clutter strokes behind the glyph, in a colour between ink and background, up to 3 at d=1.
@@ -254,7 +254,7 @@ class SceneDataset(Dataset):
     """
 
     def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], transform: Callable | None = None,
-                 source_index: Tensor | None = None) -> None:  # fmt: skip
+                 source_index: Tensor | None = None) -> None:
         self.images, self.labels, self.classes, self.transform = images, labels, tuple(classes), transform
         self.source_index = source_index  # index of the underlying glyph/digit image of every sample
 
@@ -267,7 +267,7 @@ class SceneDataset(Dataset):
 
 
 def source_batch(n: int, difficulty: float, seed: int, classes: Sequence[str] = SOURCE_CLASSES,
-                 glyphs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+                 glyphs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """A fresh batch of ``n`` source scenes from the train renderings: ``(images [n,3,32,32], labels [n])``.
 
     ``classes`` restricts the letters (labels are then indices into ``classes``). Used by pretraining, which draws
@@ -296,7 +296,7 @@ def _relabel(labels: Tensor, classes: Sequence[str]) -> Tensor:
 
 
 def source_dataset(split: str = "train", size: int | None = None, difficulty: float = 1.0, seed: int = 0,
-                   classes: Sequence[str] = SOURCE_CLASSES, transform: Callable | None = None) -> SceneDataset:  # fmt: skip
+                   classes: Sequence[str] = SOURCE_CLASSES, transform: Callable | None = None) -> SceneDataset:
     """The source task: 52-way classification of printed letters in 32x32 RGB scenes.
 
     Args:
@@ -343,7 +343,7 @@ def target_split_indices() -> tuple[Tensor, Tensor]:
     _, labels = _digits()
     rng = np.random.default_rng(_SPLIT_SEED)
     test = np.concatenate([rng.permutation(np.flatnonzero(labels.numpy() == c))[:TARGET_TEST_PER_CLASS]
-                           for c in range(len(TARGET_CLASSES))])  # fmt: skip
+                           for c in range(len(TARGET_CLASSES))])
     pool = np.setdiff1d(np.arange(len(labels)), test)
     return torch.from_numpy(pool), torch.from_numpy(np.sort(test))
 
@@ -356,13 +356,13 @@ def _k_per_class(pool: Tensor, labels: Tensor, k: int | None, seed: int) -> Tens
         members = pool[labels[pool] == c]
         if k is not None and not 1 <= k <= len(members):
             raise ValueError(f"k={k} per class is not available: class {c} has {len(members)} training images; "
-                             f"use 1 <= k <= {min(int((labels[pool] == c).sum()) for c in range(10))} or k=None")  # fmt: skip
+                             f"use 1 <= k <= {min(int((labels[pool] == c).sum()) for c in range(10))} or k=None")
         chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(chosen)
 
 
 def target_dataset(split: str = "train", k: int | None = None, seed: int = 0, transform: Callable | None = None,
-                   difficulty: float = TARGET_DIFFICULTY, palette: str = TARGET_PALETTE) -> SceneDataset:  # fmt: skip
+                   difficulty: float = TARGET_DIFFICULTY, palette: str = TARGET_PALETTE) -> SceneDataset:
     """The target task: 10-way classification of real handwritten digits in 32x32 RGB scenes.
 
     Args:

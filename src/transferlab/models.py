@@ -85,14 +85,14 @@ class TinyResNet_Weights(WeightsEnum):
     """Pretrained weights for :func:`tiny_resnet`; ``.get_state_dict()`` reads the file shipped in the package."""
 
     LETTERS_V1 = Weights(url=_CHECKPOINT, transforms=partial(Normalize, mean=NORM_MEAN, std=NORM_STD),
-                         meta=_read_meta())  # fmt: skip
+                         meta=_read_meta())
     DEFAULT = LETTERS_V1
 
     def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Load the shipped checkpoint through the safe reader (``weights_only=True``); no network involved."""
         if not os.path.exists(self.url):
             raise WeightsNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
-                                       f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")  # fmt: skip
+                                       f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")
         return load_state_dict_file(self.url)
 
 

@@ -78,7 +78,9 @@ class GradualUnfreezer:
     Call it at the start of every epoch, e.g. ``fit(..., on_epoch_start=unfreezer)``.
 
     Example:
-        >>> unfreezer = GradualUnfreezer(model, optimizer, {2: ["layer4"], 4: ["layer3"]}, lrs={"layer4": 1e-3, "layer3": 5e-4})  # doctest: +SKIP
+        >>> schedule = {2: ["layer4"], 4: ["layer3"]}  # epoch -> blocks to unfreeze then
+        >>> lrs = {"layer4": 1e-3, "layer3": 5e-4}
+        >>> unfreezer = GradualUnfreezer(model, optimizer, schedule, lrs=lrs)  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Mapping[int, list[str]],

@@ -85,9 +85,10 @@ def show_predictions(
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.5 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, pred, true in zip(axes.flat, images, preds, targets):
+    for ax, image, pred, true in zip(axes.flat, images, preds, targets, strict=False):
         pixels = image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-        ax.imshow(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels, cmap="gray" if pixels.shape[-1] == 1 else None)
+        grey = pixels.shape[-1] == 1
+        ax.imshow(pixels.squeeze(-1) if grey else pixels, cmap="gray" if grey else None)
         wrong = int(pred) != int(true)
         ax.set_title(f"{classes[int(pred)]}\n({classes[int(true)]})", fontsize=8, color="red" if wrong else "black")
     fig.suptitle("predicted (true); red = wrong", fontsize=9)
