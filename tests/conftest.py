@@ -13,6 +13,10 @@ torch.set_num_threads(2)
 # The suite never touches the network: the environment report (and every notebook kernel, which inherits this
 # variable) then answers "offline" without trying to connect.
 os.environ["TRANSFERLAB_OFFLINE"] = "1"
+# Kernels started by tests (nbval, nbclient) run in other directories: a relative PYTHONPATH such as
+# `PYTHONPATH=src` must still point them at this checkout's package.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from transferlab.editions import (
     edition_of,
     execute,
     exercise_cells,
+    format_problems,
     handout_html,
     stub_run_problems,
     stub_solutions,
@@ -94,6 +95,36 @@ def test_exercise_cells_need_a_self_check_after_each_solution():
     nb.cells[6].metadata["tags"] = []
     with pytest.raises(ValueError, match="cell 6: .* must be tagged 'self-check'"):
         exercise_cells(nb)
+
+
+def test_format_check_accepts_the_course_format():
+    assert format_problems(fixture_notebook()) == []
+
+
+def _broken(change):
+    nb = fixture_notebook()
+    change(nb.cells)
+    return format_problems(nb)
+
+
+def test_format_check_names_what_is_broken():
+    assert _broken(lambda c: c[8].metadata.update(tags=[])) == [
+        "1 coding exercise(s) (cells tagged 'solution'); the course asks for at least 2",
+        "cells [9] are tagged 'self-check' but follow no 'solution' cell"]
+    assert _broken(lambda c: c[5].update(source="square = 9")) == [
+        "cell 5: no '### BEGIN SOLUTION' ... '### END SOLUTION' block; wrap the reference solution in the markers."]
+    assert _broken(lambda c: c[7].update(source="Exercise 2: evens.")) == [
+        "cell 8: no '**Exercise N.** ...' markdown prompt above this solution cell"]
+    assert _broken(lambda c: c[7].update(source="**Exercise 3.** evens")) == [
+        "exercises are numbered [1, 3]; expected 1, 2, ... in order"]
+    assert _broken(lambda c: c[6].update(source="assert square is not None\nprint('ok')")) == [
+        "cell 6: assert(s) on line(s) [1] need a message saying what was expected and what was found"]
+    assert _broken(lambda c: c[9].update(source="print(evens)")) == [
+        "cell 9: a self-check must assert on the learner's results"]
+    assert _broken(lambda c: c.insert(7, c[6].copy())) == [
+        "cells [7] are tagged 'self-check' but follow no 'solution' cell"]
+    assert _broken(lambda c: c.insert(6, new_code_cell("pass"))) == [
+        "cell 6: the cell after a 'solution' cell must be tagged 'self-check'."]
 
 
 def test_student_edition_has_no_solution_text_and_keeps_the_lesson(executed):

@@ -8,9 +8,13 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS, ROOT
+from transferlab.editions import format_problems
 
 IGNORE_TAGS = {"raises-exception", "nbval-raises-exception"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+# What nbconvert and JupyterLab write: anything else is rewritten the moment JupyterLab opens the notebook,
+# which marks it modified and lets autosave change the learner's clone.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
 def load(path: Path) -> nbformat.NotebookNode:
@@ -35,8 +39,9 @@ def test_notebooks_are_numbered_without_gaps():
 def test_notebook_is_valid_and_uses_standard_kernel(path):
     nb = load(path)
     nbformat.validate(nb)
-    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", (
-        f"{path.name}: kernelspec must be the standard 'python3' (re-run with `make notebooks`)"
+    assert dict(nb.metadata.get("kernelspec", {})) == KERNELSPEC, (
+        f"{path.name}: kernelspec is {dict(nb.metadata.get('kernelspec', {}))}, expected {KERNELSPEC} "
+        "(re-execute it with `make notebooks`)"
     )
 
 
@@ -87,3 +92,14 @@ def test_readme_links_resolve():
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
         assert (ROOT / unquote(target.split("#")[0])).exists(), f"README.md: link {target!r} points to nothing"
+
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_follow_the_course_format(path):
+    """Prompt, solution cell with the markers, self-check cell right after it; at least two per notebook.
+
+    That each self-check fails on the stub is checked by running the student edition: `make check-exercises`.
+    """
+    problems = format_problems(load(path))
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)

@@ -15,6 +15,7 @@ Run ``python -m transferlab.editions student|clean|handouts [--out DIR]`` from t
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import os
 import re
@@ -27,13 +28,16 @@ from nbformat import NotebookNode
 
 __all__ = [
     "BEGIN",
+    "CHECK_TAG",
     "END",
+    "SOLUTION_TAG",
     "STUB",
     "build",
     "clean_notebook",
     "edition_of",
     "execute",
     "exercise_cells",
+    "format_problems",
     "handout_html",
     "source_commit",
     "student_notebook",
@@ -46,6 +50,8 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 SOLUTION_TAG, CHECK_TAG = "solution", "self-check"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_[^)\s#]+)\.ipynb(#[^)\s]*)?\)")
+EXERCISE_PROMPT = re.compile(r"^\*\*Exercise (\d+)\.\*\*", re.M)
+MIN_EXERCISES = 2
 RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)\)")
 
 
@@ -107,6 +113,61 @@ def exercise_cells(nb: NotebookNode) -> list[tuple[int, int]]:
             raise ValueError(f"cell {i + 1}: the cell after a '{SOLUTION_TAG}' cell must be tagged '{CHECK_TAG}'.")
         pairs.append((i, i + 1))
     return pairs
+
+
+def format_problems(nb: NotebookNode) -> list[str]:
+    """What breaks the course's exercise format in ``nb`` (empty when it follows it).
+
+    The format: at least two exercises, each a markdown prompt ``**Exercise N.**`` (N = 1, 2, ...), a code
+    cell tagged ``solution`` with its reference solution between the markers, then a code cell tagged
+    ``self-check`` whose every ``assert`` has a message. Whether each self-check fails on the stub needs a
+    run: see `stub_run_problems`.
+
+    Example:
+        >>> format_problems(nbformat.v4.new_notebook())[0]
+        "0 coding exercise(s) (cells tagged 'solution'); the course asks for at least 2"
+    """
+    try:
+        pairs = exercise_cells(nb)
+    except ValueError as err:
+        return [str(err)]
+    problems = []
+    if len(pairs) < MIN_EXERCISES:
+        problems.append(f"{len(pairs)} coding exercise(s) (cells tagged '{SOLUTION_TAG}'); the course asks for "
+                        f"at least {MIN_EXERCISES}")
+    checks = {check for _, check in pairs}
+    orphans = [i for i, cell in enumerate(nb.cells) if CHECK_TAG in _tags(cell) and i not in checks]
+    if orphans:
+        problems.append(f"cells {orphans} are tagged '{CHECK_TAG}' but follow no '{SOLUTION_TAG}' cell")
+    previous, numbers = 0, []
+    for solution, check in pairs:
+        try:
+            stub_solutions(nb.cells[solution].source, where=f"cell {solution}")
+        except ValueError as err:
+            problems.append(str(err))
+        prompts = [n for c in nb.cells[previous:solution] if c.cell_type == "markdown"
+                   for n in EXERCISE_PROMPT.findall(c.source)]
+        if prompts:
+            numbers.append(int(prompts[-1]))
+        else:
+            problems.append(f"cell {solution}: no '**Exercise N.** ...' markdown prompt above this solution cell")
+        problems.extend(f"cell {check}: {problem}" for problem in _check_problems(nb.cells[check].source))
+        previous = check + 1
+    if numbers != list(range(1, len(numbers) + 1)):
+        problems.append(f"exercises are numbered {numbers}; expected 1, 2, ... in order")
+    return problems
+
+
+def _check_problems(source: str) -> list[str]:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        return [f"the self-check does not parse ({err.msg}, line {err.lineno})"]
+    asserts = [node for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    if not asserts:
+        return ["a self-check must assert on the learner's results"]
+    silent = [node.lineno for node in asserts if node.msg is None]
+    return [f"assert(s) on line(s) {silent} need a message saying what was expected and what was found"] if silent else []
 
 
 def _clear(cell: NotebookNode) -> None:
