@@ -35,13 +35,13 @@ OPT_IN_MARKERS = {
 
 
 @pytest.hookimpl(specname="pytest_configure")
-def register_opt_in_markers(config: pytest.Config) -> None:
+def pytest_configure_opt_in_markers(config: pytest.Config) -> None:
     for name, doc in OPT_IN_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
 
 
 @pytest.hookimpl(specname="pytest_collection_modifyitems")
-def deselect_opt_in_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems_opt_in(config: pytest.Config, items: list[pytest.Item]) -> None:
     markexpr = config.getoption("markexpr") or ""
     here = config.invocation_params.dir
     named = {(here / arg.split("::")[0]).resolve() for arg in config.args}

@@ -1,12 +1,12 @@
-"""Student, clean and handout editions: on small fixture notebooks in the course's exercise format, and on the course."""
+"""Student, clean and handout editions, on a fixture notebook in the course's exercise format and on the course."""
 
 import re
 
 import nbformat
 import pytest
+from conftest import NOTEBOOKS
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from conftest import NOTEBOOKS
 from transferlab.editions import (
     BEGIN,
     END,
@@ -17,6 +17,8 @@ from transferlab.editions import (
     exercise_cells,
     format_problems,
     handout_html,
+    has_learner_work,
+    main,
     stub_run_problems,
     stub_solutions,
     student_notebook,
@@ -41,7 +43,7 @@ def fixture_notebook() -> nbformat.NotebookNode:
     answers = new_markdown_cell("<details><summary>Answers</summary>\n\n1. Nine.\n</details>")
     answers.metadata["jupyter"] = {"source_hidden": True}
     nb = new_notebook(cells=[
-        new_markdown_cell("# 99 · Fixture\n\nWhat you will learn: squares. Prerequisites: none. Expected run time: 1 s."),
+        new_markdown_cell("# 99 · Fixture\n\nWhat you will learn: squares. Prerequisites: none. Run time: 1 s."),
         code("base = 3\nprint('lesson output', base)"),
         new_markdown_cell("## 1. A picture\n\nProse that the clean edition drops. Next: [the map](00_start_here.ipynb)"
                           " and [the code](../src/transferlab/editions.py)."),
@@ -132,7 +134,8 @@ def test_student_edition_has_no_solution_text_and_keeps_the_lesson(executed):
     nbformat.validate(student)
     text = nbformat.writes(student)
     assert "SECRET-ONE" not in text and "SECRET-TWO" not in text and BEGIN not in text
-    assert edition_of(student) == "student" and "Student edition of transferlab commit `abc1234`" in student.cells[0].source
+    assert edition_of(student) == "student"
+    assert "Student edition of transferlab commit `abc1234`" in student.cells[0].source
     assert student.cells[0].source.startswith("# 99 · Fixture")
     assert student.cells[5].source.startswith("square = None  # your answer goes here\n# YOUR CODE HERE\n")
     assert student.cells[8].source.endswith("    # YOUR CODE HERE\n    raise NotImplementedError()")
@@ -156,18 +159,37 @@ def test_student_edition_run_fails_each_self_check_with_its_message(executed, tm
 
 def test_stub_run_problems_names_a_self_check_that_does_not_assert(executed):
     ran = student_notebook(executed, "abc1234")  # hand-made outputs: no kernel needed
-    error = nbformat.v4.new_output("error", ename="NotImplementedError", evalue="", traceback=[])
-    ran.cells[5].outputs = ran.cells[8].outputs = [error]
-    ran.cells[6].outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="Exercise 1: ...", traceback=[])]
-    ran.cells[9].outputs = [nbformat.v4.new_output("error", ename="NameError", evalue="name 'x' is not defined",
-                                                   traceback=[])]
-    ran.cells[1].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="boom", traceback=[])]
+    def error(ename, evalue):
+        return [nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])]
+
+    ran.cells[5].outputs = ran.cells[8].outputs = error("NotImplementedError", "")
+    ran.cells[6].outputs = error("AssertionError", "Exercise 1: ...")
+    ran.cells[9].outputs = error("NameError", "name 'x' is not defined")
+    ran.cells[1].outputs = error("ValueError", "boom")
     assert stub_run_problems(ran) == [
         "cell 1: ValueError: boom (only solution and self-check cells may fail on the stub)",
         "cell 9 (self-check): expected an AssertionError with a message, found NameError: name 'x' is not defined",
     ]
     ran.cells[6].outputs = []  # a self-check that passes on the stub
     assert "cell 6 (self-check): expected an AssertionError with a message, found no error" in stub_run_problems(ran)
+
+
+def test_make_student_keeps_a_learners_work(executed, tmp_path, monkeypatch, capsys):
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(executed, tmp_path / "notebooks" / "99_fixture.ipynb")
+    monkeypatch.chdir(tmp_path)
+    main(["student"])
+    target = tmp_path / "build" / "student" / "99_fixture.ipynb"
+    assert "commit `unknown (not a git checkout)`" in target.read_text() and not has_learner_work(target)
+    worked = nbformat.read(target, as_version=4)
+    worked.cells[5].source = "square = None\nsquare = base ** 2"
+    nbformat.write(worked, target)
+    assert has_learner_work(target)
+    main(["student"])
+    assert "kept build/student/99_fixture.ipynb: it holds your work" in capsys.readouterr().out
+    assert nbformat.read(target, as_version=4).cells[5].source == "square = None\nsquare = base ** 2"
+    main(["student", "--force"])
+    assert not has_learner_work(target)
 
 
 def test_clean_edition_keeps_headings_code_and_questions_only(executed):

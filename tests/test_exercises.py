@@ -3,9 +3,9 @@ allowed, stops at every stub, and every self-check fails with its message. Slow:
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
-from transferlab.editions import execute, student_notebook, stub_run_problems
+
+from transferlab.editions import execute, stub_run_problems, student_notebook
 
 pytestmark = pytest.mark.exercises
 

@@ -6,8 +6,8 @@ from urllib.parse import unquote
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS, ROOT
+
 from transferlab.editions import format_problems
 
 IGNORE_TAGS = {"raises-exception", "nbval-raises-exception"}
@@ -58,7 +58,9 @@ def test_notebook_stores_no_unexpected_error(path):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         tags = set(cell.metadata.get("tags", []))
         if errors:
-            assert tags & IGNORE_TAGS, f"{path.name}, code cell {i}: stored {errors[0].ename} without a raises-exception tag"
+            assert tags & IGNORE_TAGS, (
+                f"{path.name}, code cell {i}: stored {errors[0].ename} without a raises-exception tag"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -69,7 +71,8 @@ def test_notebook_follows_the_course_template(path):
     header = first.source.lower()
     for part in ["you will learn", "prerequisites", "run time"]:
         assert part in header, f"{path.name}: the header must state '{part}'"
-    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("#")]
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    headings = [line for source in markdown for line in source.splitlines() if line.startswith("#")]
     assert any("summary" in h.lower() for h in headings), f"{path.name}: no Summary section"
     assert any("exercises" in h.lower() for h in headings), f"{path.name}: no Exercises section"
 

@@ -38,6 +38,7 @@ __all__ = [
     "execute",
     "exercise_cells",
     "format_problems",
+    "has_learner_work",
     "handout_html",
     "source_commit",
     "student_notebook",
@@ -167,7 +168,9 @@ def _check_problems(source: str) -> list[str]:
     if not asserts:
         return ["a self-check must assert on the learner's results"]
     silent = [node.lineno for node in asserts if node.msg is None]
-    return [f"assert(s) on line(s) {silent} need a message saying what was expected and what was found"] if silent else []
+    if silent:
+        return [f"assert(s) on line(s) {silent} need a message saying what was expected and what was found"]
+    return []
 
 
 def _clear(cell: NotebookNode) -> None:
@@ -313,12 +316,14 @@ def handout_html(nb: NotebookNode, notebook_dir: Path, out_dir: Path) -> str:
     Only a notebook whose markdown holds maths loads MathJax (from its CDN; offline the TeX shows as written).
 
     Example:
-        >>> html = handout_html(nbformat.read("notebooks/00_start_here.ipynb", 4), Path("notebooks"), Path("build/handouts"))  # doctest: +SKIP
+        >>> nb = nbformat.read("notebooks/00_start_here.ipynb", 4)  # doctest: +SKIP
+        >>> html = handout_html(nb, Path("notebooks"), Path("build/handouts"))  # doctest: +SKIP
     """
     import jinja2
     from nbconvert import HTMLExporter
 
-    unrun = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    unrun = [i for i, c in code if c.execution_count is None]
     if unrun:
         raise ValueError(f"code cells {unrun} were never executed; a handout needs an executed notebook.")
     nb = copy.deepcopy(nb)
@@ -358,6 +363,23 @@ def edition_of(nb: NotebookNode) -> str | None:
     return nb.metadata.get("transferlab", {}).get("edition")
 
 
+def has_learner_work(path: Path) -> bool:
+    """Whether the student notebook at ``path`` holds a learner's work: an exercise cell run or its stub replaced.
+
+    ``make student`` does not overwrite such a file (``--force`` does).
+    """
+    try:
+        nb = nbformat.read(path, as_version=4)
+        pairs = exercise_cells(nb)
+    except (OSError, ValueError, nbformat.ValidationError):
+        return path.exists()  # unreadable or reshaped by hand: keep it
+    if edition_of(nb) != "student":
+        return True
+    cells = [nb.cells[i] for pair in pairs for i in pair]
+    return any(c.execution_count is not None or c.outputs for c in cells) or any(
+        STUB[0] not in nb.cells[solution].source for solution, _ in pairs)
+
+
 def _write(text: str, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -368,7 +390,8 @@ def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -
     """Write one edition (``student``, ``clean`` or ``handouts``) of each notebook into ``out_dir``.
 
     Example:
-        >>> build("student", sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb")), Path("build/student"), "abc1234")  # doctest: +SKIP
+        >>> notebooks = sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+        >>> build("student", notebooks, Path("build/student"), "abc1234")  # doctest: +SKIP
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -394,17 +417,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("edition", choices=["student", "clean", "handouts"])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--out", type=Path, help="default: build/<edition>")
+    parser.add_argument("--force", action="store_true", help="overwrite student notebooks that hold a learner's work")
     args = parser.parse_args(argv)
     root = Path.cwd()
     notebooks = args.notebooks or sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         parser.error("no notebooks found: run from the repository root or name them.")
     out = args.out or root / "build" / args.edition
+    kept = []
+    if args.edition == "student" and not args.force:
+        kept = [p for p in notebooks if (out / p.name).exists() and has_learner_work(out / p.name)]
     try:
-        written = build(args.edition, notebooks, out, source_commit(root))
+        written = build(args.edition, [p for p in notebooks if p not in kept], out, source_commit(root))
     except ValueError as err:
         parser.exit(1, f"error: {err}\n")
     print(f"{args.edition}: wrote {len(written)} file(s) to {os.path.relpath(out)}")
+    for path in kept:
+        print(f"kept {os.path.relpath(out / path.name)}: it holds your work (move it away, or rebuild with --force)")
 
 
 if __name__ == "__main__":
