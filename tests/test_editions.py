@@ -53,7 +53,7 @@ def fixture_notebook() -> nbformat.NotebookNode:
              "print('square is', square)", "solution"),
         code('assert square is not None, "Exercise 1: set square in the cell above."\n'
              'assert square == base * base, f"Exercise 1: expected {base * base}, found {square}."', "self-check"),
-        new_markdown_cell("**Exercise 2.** List the first three even numbers."),
+        new_markdown_cell("**Exercise 2. Even numbers.** List the first three."),  # the titled variant
         code(f"evens = None\nif True:\n    {BEGIN}\n    evens = [2 * i for i in range(3)]  # SECRET-TWO\n    {END}",
              "solution"),
         code('assert evens is not None, "Exercise 2: set evens in the cell above."\n'

@@ -106,3 +106,20 @@ def test_exercises_follow_the_course_format(path):
     """
     problems = format_problems(load(path))
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+BAR_COUNT = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_progress_bars_show_their_final_state(path):
+    """Where the widget cannot be drawn (GitHub, a reopened notebook), its stored text is what the reader sees."""
+    for i, cell in enumerate(code_cells(load(path)), start=1):
+        for output in cell.outputs:
+            text = output.get("data", {}).get("text/plain", "")
+            count = BAR_COUNT.search(text)
+            if "application/vnd.jupyter.widget-view+json" in output.get("data", {}) and count:
+                assert count.group(1) == count.group(2), (
+                    f"{path.name}, code cell {i}: the stored progress bar reads {text!r}, not its final state; "
+                    "create bars with transferlab.progress.tqdm (as fit does) and re-execute the notebook"
+                )

@@ -51,7 +51,7 @@ STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 SOLUTION_TAG, CHECK_TAG = "solution", "self-check"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_[^)\s#]+)\.ipynb(#[^)\s]*)?\)")
-EXERCISE_PROMPT = re.compile(r"^\*\*Exercise (\d+)\.\*\*", re.M)
+EXERCISE_PROMPT = re.compile(r"^\*\*Exercise (\d+)\.", re.M)  # "**Exercise 1.** ..." or "**Exercise 1. Title**"
 MIN_EXERCISES = 2
 RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+)\)")
 
