@@ -71,6 +71,11 @@ check-exercises: install
 check-browser: install
 	$(BIN)/python -m pytest tests/test_browser.py -m browser
 
+## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
+.PHONY: benchmark-real-photos
+benchmark-real-photos: install
+	$(BIN)/python benchmarks/real_photos.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

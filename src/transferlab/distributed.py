@@ -1,0 +1,343 @@
+"""Fine-tune the course's pretrained TinyResNet on the digits target with DistributedDataParallel (DDP).
+
+The same script runs from a laptop to a cluster; only the launcher's command line changes::
+
+    python -m transferlab.distributed                                        # 1 process, no launcher
+    torchrun --standalone --nproc_per_node 2 -m transferlab.distributed      # 2 processes here (gloo, CPU)
+    torchrun --standalone --nproc_per_node 8 -m transferlab.distributed      # 8 GPUs: nccl, one GPU per process
+    torchrun --nnodes 2 --node_rank R --nproc_per_node 8 --rdzv-backend c10d \\
+             --rdzv-endpoint HOST:29500 --rdzv-id job1 -m transferlab.distributed   # 2 machines (R = 0 and 1)
+
+What every process does: join the process group (``gloo`` on CPU, ``nccl`` on GPUs, chosen automatically) with a
+timeout, so a lost peer ends the job instead of hanging it; load the pretrained weights and put a new 10-class head on
+them; wrap the model in ``DistributedDataParallel`` (which averages the gradients of all processes with an
+all-reduce during ``backward``); read its own shard of every epoch through a ``DistributedSampler`` (``set_epoch``
+reshuffles each epoch); all-reduce the loss and accuracy, so every process reports the same numbers. Rank 0 alone
+saves the checkpoint, atomically, from ``model.module`` (no ``module.`` prefix). The process group is destroyed on
+the way out, also when a rank fails; torchrun then ends the other processes and reports the failing rank.
+
+``--batch-size`` is the *global* batch: with N processes each one takes ``batch_size / N`` images per step, so 1, 2
+or 8 processes make the same optimizer steps on the same batches.
+
+Set ``OMP_NUM_THREADS`` yourself (e.g. ``OMP_NUM_THREADS=1`` for 2 processes on 2 cores): every process would
+otherwise start one thread per core and they would fight over the cores, and torchrun prints a warning about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from transferlab.data import TARGET_CLASSES, target_dataset
+from transferlab.env import seed_everything
+from transferlab.loading import clean_state_dict
+from transferlab.models import TinyResNet, TinyResNet_Weights
+from transferlab.serialization import load_state_dict_file, save_file
+from transferlab.training import BatchSource, train_steps
+
+__all__ = [
+    "DistInfo",
+    "choose_backend",
+    "init_distributed",
+    "per_rank_batch",
+    "load_pretrained",
+    "all_reduce_sum",
+    "shard_indices",
+    "sharded_batches",
+    "broadcast_buffers",
+    "evaluate_sharded",
+    "save_on_rank0",
+    "main",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job: ``rank`` of ``world_size``, ``local_rank`` on its machine, its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def choose_backend(requested: str = "auto") -> str:
+    """``nccl`` when CUDA GPUs and NCCL are there, else ``gloo`` (the CPU backend); an explicit choice is kept.
+
+    Example:
+        >>> choose_backend() in ("gloo", "nccl")
+        True
+    """
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
+def init_distributed(backend: str = "auto", timeout_s: float = 60.0) -> DistInfo:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...).
+
+    Without a launcher (plain ``python -m``) a one-process group is made in memory, so the same code runs.
+    ``timeout_s`` bounds every collective: a peer that died or hangs raises an error instead of blocking forever.
+
+    Example:
+        >>> info = init_distributed("auto", timeout_s=60)  # doctest: +SKIP
+        >>> info.rank, info.world_size  # doctest: +SKIP
+        (0, 2)
+    """
+    backend = choose_backend(backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank} but this machine has "
+                               f"{torch.cuda.device_count()}: use --nproc_per_node <= {torch.cuda.device_count()}, "
+                               "or --backend gloo to run on the CPU")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    timeout = timedelta(seconds=timeout_s)
+    if "WORLD_SIZE" in os.environ:  # started by torchrun (or by hand with the same variables)
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def per_rank_batch(n_train: int, batch_size: int, world_size: int) -> int:
+    """Images per process per step for a *global* ``batch_size``; a clear error when the data cannot be sharded.
+
+    Example:
+        >>> per_rank_batch(100, 20, 2)
+        10
+    """
+    if batch_size % world_size or batch_size < world_size:
+        raise ValueError(f"a global batch of {batch_size} cannot be split evenly over {world_size} processes: "
+                         f"use a --batch-size that is a multiple of {world_size}, or fewer processes "
+                         f"(--nproc_per_node)")
+    if n_train < batch_size:
+        raise ValueError(f"{n_train} training images do not fill one global batch of {batch_size}: "
+                         f"lower --batch-size or use more labels per class (--k)")
+    return batch_size // world_size
+
+
+def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> TinyResNet:
+    """A TinyResNet with ``weights`` (``"DEFAULT"`` or a state_dict / checkpoint file) and a fresh ``num_classes`` head.
+
+    The file is read by `load_state_dict_file` (``weights_only=True``, clear errors, ``{"model": ...}`` unwrapped),
+    cleaned of ``module.`` prefixes, then loaded strictly: a file that does not fit TinyResNet is an error, never a
+    silent partial load.
+
+    Example:
+        >>> load_pretrained("DEFAULT").fc
+        Linear(in_features=256, out_features=10, bias=True)
+    """
+    if weights == "DEFAULT":
+        weights = TinyResNet_Weights.DEFAULT.url
+    state = clean_state_dict(load_state_dict_file(weights))
+    if "fc.weight" not in state:
+        raise ValueError(f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
+                         f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT")
+    model = TinyResNet(num_classes=state["fc.weight"].shape[0])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        problem = " ".join(str(err).split()[5:25])  # after "Error(s) in loading state_dict for TinyResNet:"
+        raise ValueError(f"--weights {weights} does not fit TinyResNet: {problem} ...") from err
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """Sum ``values`` over all processes (every process gets the totals).
+
+    Example:
+        >>> correct, seen = all_reduce_sum([correct, seen], info.device)  # doctest: +SKIP
+    """
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    return totals.tolist()
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> range:
+    """Every ``world_size``-th index from ``rank``: disjoint shards that together cover ``range(n)`` exactly once.
+
+    Example:
+        >>> list(shard_indices(5, 1, 2))
+        [1, 3]
+    """
+    return range(rank, n, world_size)
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts them at the start of each forward, so after the last training step every rank has updated its
+    own copy with its own batch: without this, each rank would evaluate (and rank 0 save) slightly different models.
+
+    Example:
+        >>> broadcast_buffers(ddp.module)  # doctest: +SKIP
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src)
+
+
+@torch.no_grad()
+def evaluate_sharded(model: nn.Module, dataset: Any, info: DistInfo, batch_size: int = 250) -> float:
+    """Accuracy on ``dataset``: each process scores its shard (no padding, no duplicates), the counts are summed.
+
+    ``model`` is the plain module (``ddp.module``): DDP's own forward would sync buffers, a collective that hangs
+    when shards have different numbers of batches.
+
+    Example:
+        >>> test_acc = evaluate_sharded(ddp.module, target_dataset("test"), info)  # doctest: +SKIP
+    """
+    model.eval()
+    loader = DataLoader(Subset(dataset, shard_indices(len(dataset), info.rank, info.world_size)), batch_size)
+    correct = seen = 0
+    for images, labels in loader:
+        correct += int((model(images.to(info.device)).argmax(1) == labels.to(info.device)).sum())
+        seen += len(labels)
+    correct, seen = all_reduce_sum([correct, seen], info.device)
+    return correct / seen
+
+
+def save_on_rank0(checkpoint: dict[str, Any], path: str, info: DistInfo) -> None:
+    """Rank 0 writes ``checkpoint`` atomically (a temporary file, then a rename); the others wait for it.
+
+    Example:
+        >>> save_on_rank0({"model": ddp.module.state_dict()}, "ckpt.pt", info)  # doctest: +SKIP
+    """
+    if info.rank == 0:
+        save_file(checkpoint, path)  # the course's atomic writer: never a half-written file
+    dist.barrier()  # nobody reports success before the file exists
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m transferlab.distributed", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="DEFAULT", help="DEFAULT (the course's pretrained TinyResNet) or a file")
+    p.add_argument("--k", type=int, default=10, help="labelled training images per digit class")
+    p.add_argument("--data-seed", type=int, default=0, help="picks the k images per class")
+    p.add_argument("--steps", type=int, default=15, help="optimizer steps (with the defaults, 5 per epoch)")
+    p.add_argument("--batch-size", type=int, default=20, help="GLOBAL batch, split evenly over the processes")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0, help="the new head's init and the DistributedSampler's shuffling")
+    p.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images (default all)")
+    p.add_argument("--out", default="tiny_resnet_digits_ddp.pt", help="checkpoint written by rank 0")
+    p.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait for its peers")
+    p.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)  # tests: this rank fails ...
+    p.add_argument("--fail-at-step", type=int, default=1, help=argparse.SUPPRESS)  # ... at this step (from 1)
+    p.add_argument("--fail-mode", default="raise", choices=["raise", "hang"], help=argparse.SUPPRESS)
+    return p
+
+
+def _inject_failure(args: argparse.Namespace, rank: int, step: int) -> None:
+    """Test-only: make one rank raise (or stop answering) mid-epoch, to prove the job ends cleanly."""
+    if args.fail_rank == rank and args.fail_at_step == step:
+        if args.fail_mode == "hang":
+            time.sleep(10 * args.timeout)  # the peers' collectives time out first
+        raise RuntimeError(f"rank {rank}: injected failure at step {step} (--fail-rank/--fail-at-step, test only)")
+
+
+def sharded_batches(loader: DataLoader, sampler: DistributedSampler) -> BatchSource:
+    """A `train_steps` batch source that walks this rank's shard, epoch after epoch.
+
+    At the start of every epoch it calls ``sampler.set_epoch(epoch)``: all ranks reshuffle with the same seed, so
+    their shards stay disjoint; without it every epoch would repeat the first one's order.
+
+    Example:
+        >>> losses = train_steps(ddp, sharded_batches(loader, sampler), 15, optimizer)  # doctest: +SKIP
+    """
+    epoch, batches = -1, iter(())
+
+    def next_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal epoch, batches
+        for _ in range(2):
+            try:
+                return next(batches)
+            except StopIteration:
+                epoch += 1
+                sampler.set_epoch(epoch)
+                batches = iter(loader)
+        raise ValueError("the training loader yields no batch; lower --batch-size")
+
+    return next_batch
+
+
+def _data(args: argparse.Namespace, info: DistInfo) -> tuple[Any, Any, DistributedSampler, DataLoader]:
+    normalise = TinyResNet_Weights.DEFAULT.transforms()
+    train = target_dataset("train", k=args.k, seed=args.data_seed, transform=normalise)
+    test = target_dataset("test", transform=normalise)
+    if args.test_size is not None:
+        test = Subset(test, range(min(args.test_size, len(test))))
+    batch = per_rank_batch(len(train), args.batch_size, info.world_size)
+    sampler = DistributedSampler(train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)
+    loader = DataLoader(train, batch_size=batch, sampler=sampler, drop_last=True, num_workers=0)
+    return train, test, sampler, loader
+
+
+def _run(args: argparse.Namespace, info: DistInfo) -> None:
+    log = print if info.rank == 0 else (lambda *a, **k: None)
+    train, test, sampler, loader = _data(args, info)
+    seed_everything(args.seed)  # every rank builds the same head; DDP also broadcasts rank 0's weights
+    model = load_pretrained(args.weights).to(info.device)
+    ddp = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+    log(f"world size {info.world_size} (backend {info.backend}, device {info.device.type}), {len(train)} training "
+        f"images, global batch {args.batch_size} = {info.world_size} x {loader.batch_size}, "
+        f"{len(loader)} steps per epoch, {args.steps} steps", flush=True)
+    source = sharded_batches(loader, sampler)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _inject_failure(args, info.rank, step + 1)
+        return source(step)
+
+    start = time.perf_counter()
+    losses = train_steps(ddp, batch, args.steps, optimizer, device=info.device)  # DDP averages gradients in backward
+    train_seconds = time.perf_counter() - start
+    losses = [total / info.world_size for total in all_reduce_sum(losses, info.device)]  # the global batch's loss
+    per_epoch = len(loader)
+    processes = f"{info.world_size} process" + ("es" if info.world_size > 1 else "")
+    for first in range(0, args.steps, per_epoch):
+        chunk = losses[first : first + per_epoch]
+        log(f"epoch {first // per_epoch + 1}: train loss {sum(chunk) / len(chunk):.4f} (steps {first + 1}-"
+            f"{first + len(chunk)}, all-reduced over {processes})", flush=True)
+    broadcast_buffers(ddp.module)  # every rank now holds exactly the model rank 0 saves
+    test_acc = evaluate_sharded(ddp.module, test, info)
+    log(f"test accuracy {test_acc:.4f} on {len(test)} images; {args.steps} steps took {train_seconds:.2f} s",
+        flush=True)
+    checkpoint = {"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args),
+                  "world_size": info.world_size, "steps": args.steps, "train_loss": losses, "test_acc": test_acc,
+                  "train_seconds": train_seconds}
+    save_on_rank0(checkpoint, args.out, info)
+    log(f"rank 0 saved {args.out} ({len(checkpoint['model'])} tensors, keys without 'module.')", flush=True)
+
+
+@record  # torchrun then reports the failing rank's traceback as the job's root cause
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry point: parse, join the group, fine-tune, save on rank 0, always leave the group."""
+    args = _parser().parse_args(argv)
+    info = init_distributed(args.backend, args.timeout)
+    try:
+        _run(args, info)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

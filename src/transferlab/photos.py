@@ -1,0 +1,148 @@
+"""Real photos, offline: the sample photographs that ship inside scikit-image's wheel (``skimage/data/``).
+
+scikit-image's package carries a few real photographs (most CC0 or public domain; see each function's docstring in
+``skimage.data``): a cat, a cup of coffee, a cameraman, a rocket, a motorcycle, textures of brick, grass and
+gravel, ... They are files in the installed package, so no download is needed (``skimage.data`` fetches the rest
+of its data set from the network; this module never does).
+
+Example:
+    >>> image = load_photo("chelsea")
+    >>> image.mode, image.size
+    ('RGB', (451, 300))
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+__all__ = ["PHOTOS", "TEXTURES", "few_shot_indices", "load_photo", "photo_patches", "photo_path"]
+
+# Real photographs in the wheel, name -> file (synthetic images such as `color`, `phantom`, `logo` are left out).
+_FILES = {
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "cell": "cell.png",
+    "chelsea": "chelsea.png",
+    "clock_motion": "clock_motion.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "ihc": "ihc.png",
+    "moon": "moon.png",
+    "motorcycle_left": "motorcycle_left.png",
+    "motorcycle_right": "motorcycle_right.png",
+    "page": "page.png",
+    "retina": "retina.jpg",
+    "rocket": "rocket.jpg",
+    "text": "text.png",
+}
+PHOTOS: tuple[str, ...] = tuple(_FILES)
+# The classes of the few-shot task: photos that look alike all over, so each half of a photo shows the same class.
+# Brick, grass, gravel (CC0 textures), the moon's surface, a microscopy image of cells and an immunohistochemistry
+# slide (``ihc``, colour in the wheel: made grey here like the others, so colour cannot give the class away).
+TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel", "moon", "cell", "ihc")
+
+
+def photo_path(name: str) -> Path:
+    """The file of photo ``name`` inside the installed scikit-image package.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`PHOTOS` (the message lists them).
+        FileNotFoundError: scikit-image is not installed, or the file is missing from it.
+
+    Example:
+        >>> photo_path("coffee").name
+        'coffee.png'
+    """
+    if name not in _FILES:
+        raise ValueError(f"no photo called {name!r}; choose one of: {', '.join(PHOTOS)}.")
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the photos ship with scikit-image, which is not installed; pip install scikit-image")
+    path = Path(spec.origin).parent / "data" / _FILES[name]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed scikit-image; reinstall it: pip install --force-reinstall scikit-image"
+        )
+    return path
+
+
+def load_photo(name: str) -> Image.Image:
+    """Load photo ``name`` (one of :data:`PHOTOS`) as an RGB PIL image; grey photos get three equal channels.
+
+    Example:
+        >>> load_photo("camera").mode
+        'RGB'
+    """
+    with Image.open(photo_path(name)) as image:
+        return image.convert("RGB")
+
+
+def _grey(name: str) -> Tensor:
+    """Photo ``name`` as a (H, W) float tensor in [0, 1] (ITU-R 601 luma, PIL's ``convert("L")``)."""
+    with Image.open(photo_path(name)) as image:
+        return torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)
+
+
+def photo_patches(
+    split: str = "train", names: tuple[str, ...] = TEXTURES, size: int = 64, per_class: int = 32
+) -> TensorDataset:
+    """Non-overlapping grey ``size`` x ``size`` patches of each photo: a few-shot task on real photos.
+
+    Train patches come from the LEFT half of every photo, test patches from the RIGHT half, so no test pixel was
+    ever seen in training. Patches are cut on a grid (row by row) and the first ``per_class`` are kept.
+
+    Args:
+        split: ``"train"`` (left halves) or ``"test"`` (right halves).
+        names: the photos, one class each (label = position in ``names``).
+        size: patch side in pixels.
+        per_class: patches per photo.
+    Returns:
+        ``TensorDataset(images, labels)``: images ``(N, 3, size, size)`` float in [0, 1] (grey copied to R, G, B),
+        labels ``(N,)`` int64, ``per_class`` per class, in class order.
+
+    Example:
+        >>> images, labels = photo_patches("test").tensors
+        >>> images.shape, labels.bincount().tolist()
+        (torch.Size([192, 3, 64, 64]), [32, 32, 32, 32, 32, 32])
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' (left halves) or 'test' (right halves), got {split!r}")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        grey = _grey(name)
+        half = grey[:, : grey.shape[1] // 2] if split == "train" else grey[:, grey.shape[1] // 2 :]
+        grid = half.unfold(0, size, size).unfold(1, size, size)  # (rows, cols, size, size), no overlap
+        patches = grid.reshape(-1, size, size)
+        if len(patches) < per_class:
+            raise ValueError(f"half of {name!r} holds only {len(patches)} patches of {size}x{size}; ask for fewer")
+        images.append(patches[:per_class])
+        labels.append(torch.full((per_class,), label, dtype=torch.int64))
+    return TensorDataset(torch.cat(images).unsqueeze(1).expand(-1, 3, -1, -1).contiguous(), torch.cat(labels))
+
+
+def few_shot_indices(labels: Tensor, k: int, seed: int) -> Tensor:
+    """Indices of ``k`` samples per class of ``labels``, drawn without replacement by ``seed`` (sorted by class).
+
+    Example:
+        >>> few_shot_indices(torch.tensor([0, 0, 1, 1, 1]), k=1, seed=0).shape
+        torch.Size([2])
+    """
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique().tolist():
+        members = torch.nonzero(labels == c).flatten()
+        if not 1 <= k <= len(members):
+            raise ValueError(f"k={k} per class is not available: class {c} has {len(members)} samples")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(chosen)
