@@ -8,6 +8,7 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
+.PHONY: student clean-notebooks handouts check-exercises check-browser
 
 install: $(VENV)/.installed
 
@@ -18,8 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## Open the course in JupyterLab at notebook 00 (extra options: make lab LAB_ARGS="--no-browser --port 8890").
+## LAB_DIR=build/student opens the student edition instead (a copy outside git; run `make student` first).
+## The course's JupyterLab settings (jupyter-config/: no news pop-up) are added to the learner's own.
+LAB_DIR ?= notebooks
 lab: install
-	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) notebooks/00_start_here.ipynb
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
 ## Unit tests plus every notebook under nbval (the command CI runs).
 test: install
@@ -93,6 +98,26 @@ bench-cache: install
 ## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile), both must pass (benchmarks/results/suite_time.json).
 bench-suite: install
 	$(BIN)/python benchmarks/suite_time.py
+
+## Teachers: student edition (solutions replaced by stubs, exercise outputs cleared) in build/student/.
+student: install
+	$(BIN)/python -m transferlab.editions student
+
+## Revision copies (fastbook's "clean" notebooks: headings and code, no prose, no outputs) in build/clean/.
+clean-notebooks: install
+	$(BIN)/python -m transferlab.editions clean
+
+## Self-contained HTML handouts of the executed notebooks (images inline, map links between them) in build/handouts/.
+handouts: install
+	$(BIN)/python -m transferlab.editions handouts
+
+## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
+check-exercises: install
+	$(BIN)/python -m pytest tests/test_exercises.py -m exercises
+
+## JupyterLab in headless Chromium (Debian's chromium; skipped with a reason where it is missing, fails in CI).
+check-browser: install
+	$(BIN)/python -m pytest tests/test_browser.py -m browser
 
 ## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
 .PHONY: benchmark-real-photos

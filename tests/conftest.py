@@ -32,3 +32,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+# Kernels started by tests (nbval, nbclient) run in other directories: a relative PYTHONPATH such as
+# `PYTHONPATH=src` must still point them at this checkout's package.
+if os.environ.get("PYTHONPATH"):
+    _paths = [str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(_paths)
+
+# Slow checks that run as their own step (`make check-exercises`, `make check-browser`, .ci/run), not in `pytest`:
+# they run when selected with `-m NAME` or when their file is named on the command line.
+OPT_IN_MARKERS = {
+    "exercises": "executes each notebook's student edition: every self-check must fail on the stub (slow)",
+    "browser": "drives JupyterLab in headless Chromium",
+}
+
+
+@pytest.hookimpl(specname="pytest_configure")
+def pytest_configure_opt_in_markers(config: pytest.Config) -> None:
+    for name, doc in OPT_IN_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+@pytest.hookimpl(specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_opt_in(config: pytest.Config, items: list[pytest.Item]) -> None:
+    markexpr = config.getoption("markexpr") or ""
+    here = config.invocation_params.dir
+    named = {(here / arg.split("::")[0]).resolve() for arg in config.args}
+    keep, drop = [], []
+    for item in items:
+        opt_in = [name for name in OPT_IN_MARKERS if item.get_closest_marker(name)]
+        chosen = any(name in markexpr for name in opt_in) or Path(item.path).resolve() in named
+        (drop if opt_in and not chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

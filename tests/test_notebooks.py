@@ -6,11 +6,15 @@ from urllib.parse import unquote
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS, ROOT
+
+from transferlab.editions import format_problems
 
 IGNORE_TAGS = {"raises-exception", "nbval-raises-exception"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+# What nbconvert and JupyterLab write: anything else is rewritten the moment JupyterLab opens the notebook,
+# which marks it modified and lets autosave change the learner's clone.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
 def load(path: Path) -> nbformat.NotebookNode:
@@ -35,8 +39,9 @@ def test_notebooks_are_numbered_without_gaps():
 def test_notebook_is_valid_and_uses_standard_kernel(path):
     nb = load(path)
     nbformat.validate(nb)
-    assert nb.metadata.get("kernelspec", {}).get("name") == "python3", (
-        f"{path.name}: kernelspec must be the standard 'python3' (re-run with `make notebooks`)"
+    assert dict(nb.metadata.get("kernelspec", {})) == KERNELSPEC, (
+        f"{path.name}: kernelspec is {dict(nb.metadata.get('kernelspec', {}))}, expected {KERNELSPEC} "
+        "(re-execute it with `make notebooks`)"
     )
 
 
@@ -53,7 +58,9 @@ def test_notebook_stores_no_unexpected_error(path):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         tags = set(cell.metadata.get("tags", []))
         if errors:
-            assert tags & IGNORE_TAGS, f"{path.name}, code cell {i}: stored {errors[0].ename} without a raises-exception tag"
+            assert tags & IGNORE_TAGS, (
+                f"{path.name}, code cell {i}: stored {errors[0].ename} without a raises-exception tag"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -64,7 +71,8 @@ def test_notebook_follows_the_course_template(path):
     header = first.source.lower()
     for part in ["you will learn", "prerequisites", "run time"]:
         assert part in header, f"{path.name}: the header must state '{part}'"
-    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("#")]
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    headings = [line for source in markdown for line in source.splitlines() if line.startswith("#")]
     assert any("summary" in h.lower() for h in headings), f"{path.name}: no Summary section"
     assert any("exercises" in h.lower() for h in headings), f"{path.name}: no Exercises section"
 
@@ -87,3 +95,31 @@ def test_readme_links_resolve():
         if re.match(r"[a-z]+:", target) or target.startswith("#"):
             continue
         assert (ROOT / unquote(target.split("#")[0])).exists(), f"README.md: link {target!r} points to nothing"
+
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_follow_the_course_format(path):
+    """Prompt, solution cell with the markers, self-check cell right after it; at least two per notebook.
+
+    That each self-check fails on the stub is checked by running the student edition: `make check-exercises`.
+    """
+    problems = format_problems(load(path))
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+BAR_COUNT = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stored_progress_bars_show_their_final_state(path):
+    """Where the widget cannot be drawn (GitHub, a reopened notebook), its stored text is what the reader sees."""
+    for i, cell in enumerate(code_cells(load(path)), start=1):
+        for output in cell.outputs:
+            text = output.get("data", {}).get("text/plain", "")
+            count = BAR_COUNT.search(text)
+            if "application/vnd.jupyter.widget-view+json" in output.get("data", {}) and count:
+                assert count.group(1) == count.group(2), (
+                    f"{path.name}, code cell {i}: the stored progress bar reads {text!r}, not its final state; "
+                    "create bars with transferlab.progress.tqdm (as fit does) and re-execute the notebook"
+                )

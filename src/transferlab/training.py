@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from transferlab.progress import tqdm
 
 __all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "BatchSource"]
 
