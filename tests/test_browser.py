@@ -19,9 +19,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS, ROOT
 
 from transferlab.editions import handout_html
+
+from conftest import NOTEBOOKS, ROOT
 
 pytestmark = pytest.mark.browser
 

@@ -4,7 +4,6 @@ import re
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from transferlab.editions import (
@@ -23,6 +22,8 @@ from transferlab.editions import (
     stub_solutions,
     student_notebook,
 )
+
+from conftest import NOTEBOOKS
 
 PNG_CELL = """from io import BytesIO
 from IPython.display import Image, display

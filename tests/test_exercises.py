@@ -3,9 +3,10 @@ allowed, stops at every stub, and every self-check fails with its message. Slow:
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS
 
 from transferlab.editions import execute, stub_run_problems, student_notebook
+
+from conftest import NOTEBOOKS
 
 pytestmark = pytest.mark.exercises
 

@@ -6,9 +6,10 @@ from urllib.parse import unquote
 
 import nbformat
 import pytest
-from conftest import NOTEBOOKS, ROOT
 
 from transferlab.editions import format_problems
+
+from conftest import NOTEBOOKS, ROOT
 
 IGNORE_TAGS = {"raises-exception", "nbval-raises-exception"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
