@@ -1,6 +1,8 @@
-"""Tests for transferlab.checkpoint: atomic writes, clear load errors, exact resume."""
+"""Tests for transferlab.checkpoint: exact resume, clear load errors, writes that keep the previous checkpoint.
 
-import os
+The atomic writer itself is tested in test_serialization.py.
+"""
+
 import random
 
 import numpy as np
@@ -9,8 +11,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from transferlab import checkpoint as ck
-from transferlab.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from transferlab import serialization
+from transferlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from transferlab.serialization import WeightsFileError, WeightsNotFoundError
 from transferlab.training import train_one_epoch
 
 
@@ -28,6 +31,13 @@ class NoisyBlobs(Dataset):
     def __getitem__(self, i):
         jitter = float(np.random.normal(0, 0.1)) + random.uniform(-0.1, 0.1)
         return self.x[i] + jitter, self.y[i]
+
+
+def reseed(seed: int) -> None:
+    """Seed PyTorch's, NumPy's and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def make(seed: int = 0):
@@ -53,23 +63,23 @@ def test_resume_is_exact(tmp_path, own_generator):
         return DataLoader(data, batch_size=8, shuffle=True, generator=g), g
 
     # straight: 4 epochs
-    torch.manual_seed(1); np.random.seed(1); random.seed(1)
+    reseed(1)
     model_a, opt_a, sched_a = make()
     loader_a, _ = loader(7)
     run(model_a, opt_a, sched_a, loader_a, 4)
 
     # 2 epochs, save, then fresh objects, load, 2 more
-    torch.manual_seed(1); np.random.seed(1); random.seed(1)
+    reseed(1)
     model_b, opt_b, sched_b = make()
     loader_b, g_b = loader(7)
     run(model_b, opt_b, sched_b, loader_b, 2)
     save_checkpoint(tmp_path / "ckpt.pt", model_b, opt_b, sched_b, epoch=2, generator=g_b, note="half")
     del model_b, opt_b, sched_b
 
-    torch.manual_seed(99); np.random.seed(99); random.seed(99)  # a fresh process would be in another state
+    reseed(99)  # a fresh process would be in another state
     model_c, opt_c, sched_c = make(seed=5)
     loader_c, g_c = loader(123)
-    ckpt = load_checkpoint(tmp_path / "ckpt.pt", model_c, opt_c, sched_c, generator=g_c)
+    ckpt = load_checkpoint(model_c, tmp_path / "ckpt.pt", opt_c, sched_c, generator=g_c)
     assert ckpt["epoch"] == 2 and ckpt["note"] == "half"
     run(model_c, opt_c, sched_c, loader_c, 2)
 
@@ -78,23 +88,24 @@ def test_resume_is_exact(tmp_path, own_generator):
     for k in sa:
         assert torch.equal(sa[k], sc[k]), k
     assert sched_a.get_last_lr() == sched_c.get_last_lr()
-    for pa, pc in zip(opt_a.state.values(), opt_c.state.values()):
+    for pa, pc in zip(opt_a.state.values(), opt_c.state.values(), strict=True):
         assert torch.equal(pa["momentum_buffer"], pc["momentum_buffer"])
 
 
 def test_resume_without_restoring_rng_differs(tmp_path):
     """The check above can fail: skipping the RNG restore changes the result."""
     data = NoisyBlobs()
-    torch.manual_seed(1); np.random.seed(1); random.seed(1)
+    reseed(1)
     model_a, opt_a, sched_a = make()
     run(model_a, opt_a, sched_a, DataLoader(data, batch_size=8, shuffle=True), 2)
     save_checkpoint(tmp_path / "c.pt", model_a, opt_a, sched_a, epoch=2)
     run(model_a, opt_a, sched_a, DataLoader(data, batch_size=8, shuffle=True), 1)
     torch.manual_seed(99)
     model_c, opt_c, sched_c = make()
-    load_checkpoint(tmp_path / "c.pt", model_c, opt_c, sched_c, restore_rng=False)
+    load_checkpoint(model_c, tmp_path / "c.pt", opt_c, sched_c, restore_rng=False)
     run(model_c, opt_c, sched_c, DataLoader(data, batch_size=8, shuffle=True), 1)
-    assert not all(torch.equal(a, c) for a, c in zip(model_a.state_dict().values(), model_c.state_dict().values()))
+    pairs = zip(model_a.state_dict().values(), model_c.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, c) for a, c in pairs)
 
 
 def test_rng_state_round_trip_and_weights_only(tmp_path):
@@ -121,15 +132,15 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip file")  # some bytes reach the temp file, then the process "dies"
         raise KeyboardInterrupt("interrupted mid-write")
 
-    monkeypatch.setattr(ck.torch, "save", crash_half_way)
+    monkeypatch.setattr(serialization.torch, "save", crash_half_way)
     with torch.no_grad():
         model[0].weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, model, opt, sched, epoch=2)
-    monkeypatch.setattr(ck.torch, "save", real_save)
+    monkeypatch.setattr(serialization.torch, "save", real_save)
 
     fresh, _, _ = make(seed=3)
-    assert load_checkpoint(path, fresh)["epoch"] == 1
+    assert load_checkpoint(fresh, path)["epoch"] == 1
     assert not torch.equal(fresh[0].weight, model[0].weight)  # the old weights, not the new ones
     assert stray_files(tmp_path) == []
 
@@ -141,43 +152,41 @@ def test_failed_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(ck.os, "replace", no_replace)
+    monkeypatch.setattr(serialization.os, "replace", no_replace)
     with pytest.raises(OSError, match="disk vanished"):
         save_checkpoint(path, model, opt, sched, epoch=2)
     monkeypatch.undo()
-    assert load_checkpoint(path, make()[0])["epoch"] == 1
+    assert load_checkpoint(make()[0], path)["epoch"] == 1
     assert stray_files(tmp_path) == []
-
-
-def test_save_fsyncs_before_the_rename(tmp_path, monkeypatch):
-    calls = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(ck.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(ck.os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
-    save_checkpoint(tmp_path / "ckpt.pt", make()[0])
-    assert calls == ["fsync", "replace"]
 
 
 def test_load_errors_are_clear(tmp_path):
     model = make()[0]
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt", model)
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        load_checkpoint(model, tmp_path / "missing.pt")
 
     torch.save(model.state_dict(), tmp_path / "bare.pt")
-    with pytest.raises(CheckpointError, match="load_state_dict"):
-        load_checkpoint(tmp_path / "bare.pt", model)
+    with pytest.raises(WeightsFileError, match="load_state_dict"):
+        load_checkpoint(model, tmp_path / "bare.pt")
 
     good = save_checkpoint(tmp_path / "good.pt", model)
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="corrupt"):
-        load_checkpoint(tmp_path / "cut.pt", model)
+    with pytest.raises(WeightsFileError, match="corrupt"):
+        load_checkpoint(model, tmp_path / "cut.pt")
 
     torch.save({"model": model, "epoch": 0, "rng": {}}, tmp_path / "pickled.pt")  # a whole pickled module
-    with pytest.raises(CheckpointError, match="weights_only"):
-        load_checkpoint(tmp_path / "pickled.pt", model)
+    with pytest.raises(WeightsFileError, match=r"whole pickled model \(torch.nn.modules.container.Sequential\)"):
+        load_checkpoint(model, tmp_path / "pickled.pt")
 
-    with pytest.raises(CheckpointError, match="optimizer"):
-        load_checkpoint(good, model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(WeightsFileError, match="optimizer"):
+        load_checkpoint(model, good, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_old_argument_order_says_the_new_one(tmp_path):
+    model = make()[0]
+    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    with pytest.raises(TypeError, match=r"model first: load_checkpoint\(model, path"):
+        load_checkpoint(path, model)
 
 
 def test_checkpoint_loads_with_plain_torch_load_weights_only(tmp_path):

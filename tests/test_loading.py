@@ -1,23 +1,18 @@
-"""Tests for transferlab.loading: key cleaning, nested checkpoints, safe file loading, matching, conv adaptation."""
+"""Tests for transferlab.loading: key cleaning, matching by name and shape, old checkpoints, conv adaptation.
 
-import builtins
+Reading files safely (and nested checkpoints) is tested in test_serialization.py.
+"""
+
 import math
-import pickle
+from collections import OrderedDict
 
 import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from transferlab.loading import (
-    CheckpointError,
-    IncompleteLoadError,
-    adapt_input_conv,
-    clean_state_dict,
-    load_checkpoint_file,
-    load_matching,
-    unwrap_checkpoint,
-)
+from transferlab.loading import adapt_input_conv, clean_state_dict, load_matching
+from transferlab.serialization import IncompleteLoadError, save_file
 
 
 class Small(nn.Module):
@@ -63,25 +58,6 @@ def test_clean_state_dict_refuses_colliding_keys():
         clean_state_dict({"module.fc.bias": 1, "fc.bias": 2})
 
 
-# ---- unwrap_checkpoint ------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("wrap", [
-    lambda sd: sd,
-    lambda sd: {"state_dict": sd, "epoch": 3},
-    lambda sd: {"model": sd, "optimizer": {"lr": 0.1}},
-    lambda sd: {"model_state_dict": sd, "epoch": 1},
-    lambda sd: {"model": {"state_dict": sd}},
-], ids=["plain", "state_dict", "model", "model_state_dict", "double"])
-def test_unwrap_nested_checkpoints(wrap):
-    sd = seeded().state_dict()
-    assert unwrap_checkpoint(wrap(sd)) is sd
-
-
-def test_unwrap_unknown_checkpoint_layout_names_its_keys():
-    with pytest.raises(ValueError, match=r"keys are \['epoch', 'weights'\].*checkpoint\['<key>'\]"):
-        unwrap_checkpoint({"epoch": 1, "weights": seeded().state_dict()})
-
-
 # ---- load_matching ----------------------------------------------------------------------------------------------
 
 def test_load_matching_by_name_and_shape_and_proves_copies():
@@ -114,15 +90,20 @@ def test_load_matching_equals_the_plain_pytorch_recipe():
     model_sd = theirs.state_dict()  # plain PyTorch: filter by name AND shape, then load with strict=False
     keep = {k: v for k, v in source.state_dict().items() if k in model_sd and v.shape == model_sd[k].shape}
     theirs.load_state_dict(keep, strict=False)
-    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    pairs = zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_missing_and_unexpected_keys_are_reported():
     source = {k: v for k, v in seeded().state_dict().items() if not k.startswith("bn.")}
     source["extra.weight"] = torch.zeros(2)
     report = load_matching(seeded(seed=3), source)
-    assert report.missing == ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    assert report.missing == ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"]
+    assert report.filled_in == ["bn.num_batches_tracked"]
     assert report.unexpected == ["extra.weight"]
+    # the same lists as plain PyTorch, which fills the counter in too
+    result = seeded(seed=3).load_state_dict({k: v for k, v in source.items() if k != "extra.weight"}, strict=False)
+    assert result.missing_keys == report.missing
 
 
 def test_load_matching_strips_prefixes_and_unwraps():
@@ -161,69 +142,12 @@ def test_load_matching_from_a_file(tmp_path):
     assert torch.equal(target.fc.weight, source.fc.weight)
 
 
-# ---- load_checkpoint_file: bad files ----------------------------------------------------------------------------
-
-def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*state_dict"):
-        load_checkpoint_file(tmp_path / "nope.pt")
-
-
-def test_corrupt_and_truncated_files(tmp_path):
-    good = tmp_path / "good.pt"
-    torch.save(seeded().state_dict(), good)
-    data = good.read_bytes()
-    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
-    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
-    (tmp_path / "empty.pt").write_bytes(b"")
-    assert set(load_checkpoint_file(good)) == set(seeded().state_dict())
-    for name in ["truncated.pt", "junk.pt", "empty.pt"]:
-        with pytest.raises(CheckpointError, match="corrupt, truncated or not a PyTorch checkpoint"):
-            load_checkpoint_file(tmp_path / name)
-
-
-def test_whole_pickled_module_explains_state_dict(tmp_path):
-    path = tmp_path / "model.pt"
-    torch.save(resnet18(), path)  # the dated recipe: torch.save(model)
-    with pytest.raises(CheckpointError, match=r"whole pickled model \(torchvision.models.resnet.ResNet\).*state_dict"):
-        load_checkpoint_file(path)
-
-
-class Exploit:
-    """Unpickling this object runs code: it creates the file at ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (builtins.exec, (f"open({self.marker!r}, 'w').close()",))
-
-
-@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
-def test_code_running_pickle_is_refused_and_never_runs(tmp_path, writer):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pt"
-    payload = {"weight": torch.ones(2), "x": Exploit(marker)}
-    if writer == "torch.save":
-        torch.save(payload, path)
-    else:
-        path.write_bytes(pickle.dumps(payload, protocol=2))
-    with pytest.raises(CheckpointError, match="nothing in it was run"):
-        load_checkpoint_file(path)
-    assert not marker.exists()
-    # the test can fail: an unsafe load of the same file does create the marker
-    if writer == "torch.save":
-        torch.load(path, weights_only=False)
-    else:
-        pickle.loads(path.read_bytes())
-    assert marker.exists()
-
-
 # ---- adapt_input_conv -------------------------------------------------------------------------------------------
 
 def test_one_channel_sums_rgb_filters_and_matches_grey_input():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1)
-    grey = adapt_input_conv(conv, 1)
+    grey = adapt_input_conv(1, conv)
     assert torch.equal(grey.weight, conv.weight.sum(dim=1, keepdim=True))
     assert torch.equal(grey.bias, conv.bias)
     x = torch.rand(2, 1, 9, 9)
@@ -236,31 +160,37 @@ def test_more_channels_repeat_and_rescale_like_timm(in_chans):
     weight = torch.randn(5, 3, 3, 3)
     tiled = torch.cat([weight] * math.ceil(in_chans / 3), dim=1)[:, :in_chans]
     expected = tiled * (3 / in_chans)
-    assert torch.equal(adapt_input_conv(weight, in_chans), expected)
+    assert torch.equal(adapt_input_conv(in_chans, weight), expected)
 
 
 def test_three_channels_is_unchanged_copy():
     weight = torch.randn(4, 3, 3, 3)
-    out = adapt_input_conv(weight, 3)
+    out = adapt_input_conv(3, weight)
     assert torch.equal(out, weight) and out.data_ptr() != weight.data_ptr()
 
 
 def test_adapt_keeps_conv_settings():
     conv = resnet18().conv1
-    new = adapt_input_conv(conv, 1)
-    assert (new.in_channels, new.out_channels, new.kernel_size, new.stride, new.padding) == (1, 64, (7, 7), (2, 2), (3, 3))
+    new = adapt_input_conv(1, conv)
+    settings = (new.in_channels, new.out_channels, new.kernel_size, new.stride, new.padding)
+    assert settings == (1, 64, (7, 7), (2, 2), (3, 3))
     assert new.bias is None
 
 
 @pytest.mark.parametrize("bad", [nn.Conv2d(64, 64, 3), torch.randn(8, 1, 3, 3), torch.randn(8, 3, 3)])
 def test_wrong_channel_count_is_a_clear_error(bad):
     with pytest.raises(ValueError, match=r"3 \(RGB\) input channels.*model.conv1"):
-        adapt_input_conv(bad, 1)
+        adapt_input_conv(1, bad)
+
+
+def test_old_argument_order_says_the_new_one():
+    with pytest.raises(TypeError, match=r"channel count first, like timm: adapt_input_conv\(in_chans, conv\)"):
+        adapt_input_conv(nn.Conv2d(3, 4, 3), 1)
 
 
 def test_in_chans_must_be_positive():
     with pytest.raises(ValueError, match="in_chans"):
-        adapt_input_conv(nn.Conv2d(3, 4, 3), 0)
+        adapt_input_conv(0, nn.Conv2d(3, 4, 3))
 
 
 def test_report_repr_summarises_each_category():
@@ -268,13 +198,73 @@ def test_report_repr_summarises_each_category():
     source["extra.weight"] = torch.zeros(2)
     text = repr(load_matching(seeded(seed=3), source, exclude=("fc.",)))
     lines = text.splitlines()
-    assert lines[0] == "LoadReport: 2 loaded, 0 shape-mismatched, 5 missing, 1 unexpected, 2 excluded"
-    assert lines[1] == "  missing (model keeps its values) 5 [bn: 5]: bn.weight, bn.bias, bn.running_mean, ..."
+    assert lines[0] == "LoadReport: 2 loaded, 0 shape-mismatched, 4 missing, 1 unexpected, 2 excluded"
+    assert lines[1] == "  missing (model keeps its values) 4 [bn: 4]: bn.weight, bn.bias, bn.running_mean, ..."
     assert lines[2] == "  unexpected (ignored) 1 [extra: 1]: extra.weight"
     assert lines[3] == "  excluded (model keeps its values) 2 [fc: 2]: fc.weight, fc.bias"
+    assert lines[4] == ("  filled in (absent from old checkpoints; model keeps its counters) 1 [bn: 1]: "
+                        "bn.num_batches_tracked")
+    assert len(lines) == 5
 
 
 def test_load_matching_from_another_model():
     source, target = seeded(n_out=10, seed=1), seeded(seed=2)
     report = load_matching(target, source, strict=True, exclude=("fc.",))
     assert report.complete and torch.equal(target.bn.running_var, source.bn.running_var)
+
+
+# ---- checkpoints from before PyTorch 0.4.1 (no num_batches_tracked) --------------------------------------------
+
+def pre_041_dataparallel_checkpoint(model: nn.Module) -> dict:
+    """A checkpoint shaped like the published pre-0.4.1 ones: saved from nn.DataParallel (keys prefixed
+    ``module.``), nested under ``state_dict`` next to training extras, and without BatchNorm's
+    ``num_batches_tracked`` buffers (added in 0.4.1). The dict comprehension drops ``_metadata`` as an old file
+    has none."""
+    state = {k: v.clone() for k, v in nn.DataParallel(model).state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    return {"epoch": 90, "arch": "resnet18", "state_dict": OrderedDict(state), "best_prec1": 69.758,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0001, "momentum": 0.9}]}}
+
+
+def test_pre_041_dataparallel_checkpoint_loads_strictly_and_exactly(tmp_path):
+    torch.manual_seed(1)
+    source = resnet18(num_classes=10)
+    with torch.no_grad():  # make every buffer differ from a fresh model's, so the comparison below can fail
+        for name, buffer in source.named_buffers():
+            if not name.endswith("num_batches_tracked"):
+                buffer.add_(torch.rand_like(buffer))
+    path = save_file(pre_041_dataparallel_checkpoint(source), tmp_path / "model_best.pth.tar")
+
+    target = resnet18(num_classes=10)
+    report = load_matching(target, path, strict=True)
+    src, tgt = source.state_dict(), target.state_dict()
+    assert report.complete
+    assert report.filled_in == [k for k in src if k.endswith("num_batches_tracked")] and len(report.filled_in) == 20
+    assert report.missing == [] and report.unexpected == [] and report.shape_mismatched == {}
+    for key in src:
+        if key.endswith("num_batches_tracked"):
+            assert int(tgt[key]) == 0, key  # filled in: the fresh model keeps its own counter, as in PyTorch
+        else:
+            assert torch.equal(tgt[key], src[key]), key
+    assert "filled in (absent from old checkpoints; model keeps its counters) 20" in repr(report)
+
+
+def test_pre_041_checkpoint_agrees_with_plain_pytorch(tmp_path):
+    torch.manual_seed(2)
+    source = resnet18(num_classes=10)
+    path = save_file(pre_041_dataparallel_checkpoint(source), tmp_path / "ckpt.pth")
+    ours, theirs = resnet18(num_classes=10), resnet18(num_classes=10)
+    theirs.load_state_dict(ours.state_dict())
+    load_matching(ours, path, strict=True)
+    plain = torch.load(path, weights_only=True)["state_dict"]  # plain PyTorch: unwrap, strip, strict load
+    theirs.load_state_dict({k.removeprefix("module."): v for k, v in plain.items()}, strict=True)
+    pairs = zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_missing_num_batches_tracked_is_not_a_missing_tensor():
+    model = nn.BatchNorm2d(4)
+    source = {k: torch.full_like(v, 2) for k, v in model.state_dict().items() if k != "num_batches_tracked"}
+    report = load_matching(model, source, strict=True)
+    assert report.complete and report.filled_in == ["num_batches_tracked"] and report.missing == []
+    assert torch.equal(model.running_var, torch.full((4,), 2.0))

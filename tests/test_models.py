@@ -1,16 +1,17 @@
 """TinyResNet and its shipped pretrained weights."""
 
 import socket
-import time
 
 import pytest
 import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from transferlab import models
 from transferlab.data import source_dataset
 from transferlab.models import TinyResNet_Weights, tiny_resnet
-from transferlab.pretrain import PretrainConfig, _state_bytes, pretrain
+from transferlab.pretrain import PretrainConfig, pretrain
+from transferlab.serialization import WeightsNotFoundError, save_file
 
 
 def test_module_names_match_torchvision_resnet():
@@ -38,17 +39,37 @@ def test_enum_like_torchvision():
     assert out.shape == x.shape and abs(float(out.mean())) < 1e-6  # 0.5 is the source mean
 
 
-def test_loads_offline_fast(monkeypatch):
+def test_loads_offline_through_the_safe_reader(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    start = time.perf_counter()
     model = tiny_resnet(weights=TinyResNet_Weights.DEFAULT)
-    assert time.perf_counter() - start < 1.0
     state = TinyResNet_Weights.DEFAULT.get_state_dict()
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    plain = torch.load(TinyResNet_Weights.DEFAULT.url, map_location="cpu", weights_only=True)
+    assert state.keys() == plain.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) and torch.equal(v, plain[k]) for k, v in state.items())
+
+
+def test_get_state_dict_reads_through_serialization(monkeypatch):
+    calls = []
+    real = models.load_state_dict_file
+    monkeypatch.setattr(models, "load_state_dict_file", lambda path: (calls.append(path), real(path))[1])
+    tiny_resnet(weights="DEFAULT")
+    assert calls == [TinyResNet_Weights.DEFAULT.url]
+
+
+def test_missing_weights_file_says_how_to_rebuild(monkeypatch, tmp_path):
+    monkeypatch.setattr(TinyResNet_Weights.LETTERS_V1.value, "url", str(tmp_path / "gone.pt"))
+    with pytest.raises(WeightsNotFoundError, match="python -m transferlab.pretrain"):
+        tiny_resnet(weights="DEFAULT")
+
+
+def test_unknown_weights_name_the_valid_choices():
+    with pytest.raises(ValueError, match=r"unknown weights 'nope' for tiny_resnet; use one of None, 'LETTERS_V1', "
+                                         r"'DEFAULT'"):
+        tiny_resnet(weights="nope")
 
 
 def test_reaches_published_source_accuracy():
@@ -73,11 +94,12 @@ def test_wrong_num_classes_says_to_replace_the_head():
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_pretraining_same_seed_is_bit_identical():
+def test_pretraining_same_seed_is_bit_identical(tmp_path):
     cfg = PretrainConfig(steps=3, batch_size=16, glyphs_per_class=2, seed=1)
     model_a, model_b = pretrain(cfg, log_every=0), pretrain(cfg, log_every=0)
     a, b = model_a.state_dict(), model_b.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _state_bytes(model_a) == _state_bytes(model_b)  # the checkpoint file, byte for byte
+    # the checkpoint file pretrain writes, byte for byte
+    assert save_file(a, tmp_path / "a.pt").read_bytes() == save_file(b, tmp_path / "b.pt").read_bytes()
     c = pretrain(PretrainConfig(steps=3, batch_size=16, glyphs_per_class=2, seed=2), log_every=0).state_dict()
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])

@@ -1,28 +1,26 @@
 """Training checkpoints: save and load model, optimizer, scheduler, epoch and RNG states.
 
-Writes are atomic (a temporary file in the same folder, flushed to disk, then ``os.replace``), so a
-save that is interrupted leaves the previous checkpoint intact. Loading always uses
-``torch.load(..., weights_only=True)``: every RNG state is stored as tensors, ints and lists, so no
-pickled code is ever needed (or run).
+Writes are atomic (:func:`transferlab.serialization.save_file`: a temporary file in the same folder, flushed to
+disk, then ``os.replace``), so a save that is interrupted leaves the previous checkpoint intact. Loading always
+goes through :func:`transferlab.serialization.load_file` (``weights_only=True``): every RNG state is stored as
+tensors, ints and lists, so no pickled code is ever needed (or run). ``load_checkpoint`` takes the model first,
+like every function that loads into a model.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from transferlab.loading import CheckpointError, load_checkpoint_file
+from transferlab.serialization import WeightsFileError, load_file, save_file
 
-__all__ = ["CheckpointError", "atomic_open", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
 
 REQUIRED_KEYS = ("model", "epoch", "rng")
 
@@ -58,35 +56,9 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None:
         if "generator" not in state:
-            raise CheckpointError("a generator was passed but the checkpoint holds no generator state; "
+            raise WeightsFileError("a generator was passed but the checkpoint holds no generator state; "
                                   "save it with save_checkpoint(..., generator=your_generator).")
         generator.set_state(state["generator"].cpu())
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Write ``path`` all or nothing: yield a temporary file next to it, then fsync and ``os.replace`` it onto ``path``.
-
-    If the block raises (or the process dies), ``path`` keeps its previous content and the temporary file is removed.
-
-    Example:
-        >>> with atomic_open("weights.pt") as f:  # doctest: +SKIP
-        ...     torch.save(model.state_dict(), f)
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -111,8 +83,6 @@ def save_checkpoint(
     Example:
         >>> save_checkpoint("ckpt.pt", model, optimizer, scheduler, epoch=5, best_acc=0.8)  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -121,26 +91,25 @@ def save_checkpoint(
         "rng": rng_state(generator),
         **extra,
     }
-    with atomic_open(path) as f:
-        torch.save(checkpoint, f)
-    return path
+    return save_file(checkpoint, path)
 
 
 def _read(path: Path, map_location: Any) -> dict[str, Any]:
-    checkpoint = load_checkpoint_file(path, map_location)  # weights_only=True, with clear errors for bad files
+    checkpoint = load_file(path, map_location)  # weights_only=True, with clear errors for bad files
     if not isinstance(checkpoint, dict) or not all(k in checkpoint for k in REQUIRED_KEYS):
         found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(
+        raise WeightsFileError(
             f"{path} is not a checkpoint dict with keys {REQUIRED_KEYS} (found {found}). "
             "If it is a bare state_dict, use model.load_state_dict(torch.load(path, weights_only=True)).")
     return checkpoint
 
 
 def load_checkpoint(
-    path: str | os.PathLike,
     model: nn.Module,
+    path: str | os.PathLike,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
+    *,
     map_location: Any = "cpu",
     generator: torch.Generator | None = None,
     restore_rng: bool = True,
@@ -156,19 +125,24 @@ def load_checkpoint(
         the whole checkpoint dict (``checkpoint["epoch"]`` is where to continue; extras are there too).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: the file is corrupt, holds pickled objects, or is not a checkpoint dict.
+        WeightsNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
+        WeightsFileError: the file is corrupt, holds pickled objects, or is not a checkpoint dict.
 
     Example:
-        >>> ckpt = load_checkpoint("ckpt.pt", model, optimizer, scheduler)  # doctest: +SKIP
+        >>> ckpt = load_checkpoint(model, "ckpt.pt", optimizer, scheduler)  # doctest: +SKIP
         >>> start_epoch = ckpt["epoch"]  # doctest: +SKIP
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"load_checkpoint takes the model first: load_checkpoint(model, path, optimizer, scheduler); got a "
+            f"{type(model).__name__} first."
+        )
     checkpoint = _read(Path(path), map_location)
     model.load_state_dict(checkpoint["model"])
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None:
             if checkpoint.get(name) is None:
-                raise CheckpointError(f"{path} has no {name} state; pass {name}=None or save it with the checkpoint.")
+                raise WeightsFileError(f"{path} has no {name} state; pass {name}=None or save it with the checkpoint.")
             target.load_state_dict(checkpoint[name])
     if restore_rng:
         set_rng_state(checkpoint["rng"], generator)

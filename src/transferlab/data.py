@@ -58,7 +58,7 @@ __all__ = [
     "IMAGE_SIZE",
     "TARGET_DIFFICULTY",
     "TARGET_PALETTE",
-    "TensorDataset",
+    "SceneDataset",
     "source_dataset",
     "source_batch",
     "source_glyphs",
@@ -246,8 +246,12 @@ def render_scenes(glyphs: Tensor, difficulty: float | Tensor, palette: str, seed
 
 
 # --------------------------------------------------------------------------------------------------------- datasets
-class TensorDataset(Dataset):
-    """Images [N, 3, 32, 32] and labels [N] held in memory; ``transform`` is applied per image on access."""
+class SceneDataset(Dataset):
+    """Images [N, 3, 32, 32] and labels [N] held in memory; ``transform`` is applied per image on access.
+
+    Not ``torch.utils.data.TensorDataset`` (which :func:`transferlab.features.extract_features` returns): a scene
+    dataset also knows its ``classes`` and, per sample, the ``source_index`` of the glyph or digit it shows.
+    """
 
     def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], transform: Callable | None = None,
                  source_index: Tensor | None = None) -> None:  # fmt: skip
@@ -292,7 +296,7 @@ def _relabel(labels: Tensor, classes: Sequence[str]) -> Tensor:
 
 
 def source_dataset(split: str = "train", size: int | None = None, difficulty: float = 1.0, seed: int = 0,
-                   classes: Sequence[str] = SOURCE_CLASSES, transform: Callable | None = None) -> TensorDataset:  # fmt: skip
+                   classes: Sequence[str] = SOURCE_CLASSES, transform: Callable | None = None) -> SceneDataset:  # fmt: skip
     """The source task: 52-way classification of printed letters in 32x32 RGB scenes.
 
     Args:
@@ -313,7 +317,7 @@ def source_dataset(split: str = "train", size: int | None = None, difficulty: fl
     """
     if split == "train":
         images, labels = source_batch(size or 100 * len(classes), difficulty, seed, classes)
-        return TensorDataset(images, labels, classes, transform)
+        return SceneDataset(images, labels, classes, transform)
     if split != "test":
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if size is not None or difficulty != 1.0 or seed != 0:
@@ -321,7 +325,7 @@ def source_dataset(split: str = "train", size: int | None = None, difficulty: fl
     glyphs, labels = source_glyphs("test", SOURCE_TEST_PER_CLASS)
     keep = _class_subset(classes, labels)
     images = _source_test_images()[keep]
-    return TensorDataset(images, _relabel(labels[keep], classes), classes, transform, keep)
+    return SceneDataset(images, _relabel(labels[keep], classes), classes, transform, keep)
 
 
 @lru_cache(maxsize=1)
@@ -358,7 +362,7 @@ def _k_per_class(pool: Tensor, labels: Tensor, k: int | None, seed: int) -> Tens
 
 
 def target_dataset(split: str = "train", k: int | None = None, seed: int = 0, transform: Callable | None = None,
-                   difficulty: float = TARGET_DIFFICULTY, palette: str = TARGET_PALETTE) -> TensorDataset:  # fmt: skip
+                   difficulty: float = TARGET_DIFFICULTY, palette: str = TARGET_PALETTE) -> SceneDataset:  # fmt: skip
     """The target task: 10-way classification of real handwritten digits in 32x32 RGB scenes.
 
     Args:
@@ -390,4 +394,4 @@ def target_dataset(split: str = "train", k: int | None = None, seed: int = 0, tr
     else:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     images = render_scenes(digits[index], difficulty, palette, scene_seed)
-    return TensorDataset(images, labels[index], TARGET_CLASSES, transform, index)
+    return SceneDataset(images, labels[index], TARGET_CLASSES, transform, index)

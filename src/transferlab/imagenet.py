@@ -3,16 +3,18 @@
 torchvision keeps downloaded weights in ``$TORCH_HOME/hub/checkpoints/`` under the file name at the end of
 ``weights.url``. These helpers look there first, check that the download host answers before they try the
 network, and otherwise fail within seconds with a message that says how to get the file. Files are always
-read with ``torch.load(..., weights_only=True)``, so no pickled code runs.
+read through :mod:`transferlab.serialization` (``weights_only=True``), so no pickled code runs, and loaded
+with :func:`transferlab.loading.load_matching` (``strict=True``), so nothing is loaded in part.
 
 Example:
-    >>> model = imagenet_model("resnet18")                      # doctest: +SKIP
-    >>> model = pretrained_model("vgg16", track="offline")       # random weights, no file needed
+    >>> model = imagenet_model("resnet18")                        # doctest: +SKIP
+    >>> model = imagenet_or_random("vgg16", track="offline")       # random weights, no file needed
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,29 +23,26 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from transferlab.env import network_available
+from transferlab.loading import load_matching
+from transferlab.serialization import (
+    IncompleteLoadError,
+    WeightsFileError,
+    WeightsNotFoundError,
+    load_state_dict_file,
+)
 
 __all__ = [
     "TRACKS",
-    "WeightsUnavailableError",
-    "WeightsFileError",
     "get_track",
     "resolve_weights",
     "cached_weights_path",
     "imagenet_state_dict",
     "imagenet_model",
-    "pretrained_model",
+    "imagenet_or_random",
 ]
 
 TRACKS = ("offline", "imagenet")
 TRACK_ENV = "TRANSFERLAB_TRACK"
-
-
-class WeightsUnavailableError(FileNotFoundError):
-    """The weights file is not in the cache and cannot be downloaded now."""
-
-
-class WeightsFileError(RuntimeError):
-    """The weights file is in the cache but cannot be read, or does not fit the model."""
 
 
 def get_track(default: str = "offline") -> str:
@@ -102,9 +101,18 @@ def _unavailable_message(weights: WeightsEnum, path: Path, reason: str) -> str:
     )
 
 
+def _download(weights: WeightsEnum, path: Path, progress: bool) -> None:
+    """Download ``weights.url`` to ``path`` (torch.hub writes a temporary file and moves it: all or nothing), checking
+    the first digits of its SHA-256 that torchvision puts in the file name."""
+    found = torch.hub.HASH_REGEX.search(path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=found.group(1) if found else None,
+                                   progress=progress)
+
+
 def imagenet_state_dict(
     weights: WeightsEnum, *, allow_download: bool = True, timeout: float = 2.0, progress: bool = True
-) -> dict[str, torch.Tensor]:
+) -> OrderedDict[str, torch.Tensor]:
     """Load the state_dict of torchvision ``weights`` from the cache, downloading it only when reachable.
 
     Args:
@@ -113,38 +121,35 @@ def imagenet_state_dict(
         timeout: seconds to wait for the download host before giving up.
         progress: show a progress bar while downloading.
     Returns:
-        The state_dict (tensors on the CPU), read with ``weights_only=True``.
+        The state_dict (tensors on the CPU), read by :func:`transferlab.serialization.load_state_dict_file`.
     Raises:
-        WeightsUnavailableError: the file is absent and cannot be downloaded (raised within ``timeout`` s).
-        WeightsFileError: the cached file is corrupt or is not a state_dict.
+        WeightsNotFoundError: the file is absent and cannot be downloaded (raised within ``timeout`` s).
+        WeightsFileError: the cached file is unsafe, corrupt or not a state_dict.
     """
     path = cached_weights_path(weights)
     if not path.is_file():
         if not allow_download:
-            raise WeightsUnavailableError(_unavailable_message(weights, path, "downloading is switched off"))
+            raise WeightsNotFoundError(_unavailable_message(weights, path, "downloading is switched off"))
         if not network_available(timeout=timeout):
-            raise WeightsUnavailableError(_unavailable_message(weights, path, "the network is not reachable"))
+            raise WeightsNotFoundError(_unavailable_message(weights, path, "the network is not reachable"))
+        try:
+            _download(weights, path, progress)
+        except Exception as error:
+            raise WeightsNotFoundError(_unavailable_message(weights, path, f"the download failed ({error})")) from error
     try:
-        # check_hash applies to a download only: the file name carries the first digits of its SHA-256.
-        state_dict = torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", progress=progress, check_hash=True, weights_only=True
-        )
-    except Exception as error:
-        if not path.is_file():  # the download itself failed
-            raise WeightsUnavailableError(_unavailable_message(weights, path, f"the download failed ({error})")) from error
+        return load_state_dict_file(path)
+    except WeightsFileError as error:
         raise WeightsFileError(
-            f"cannot read {path} as {weights}: {type(error).__name__}: {error}. The file is corrupt, truncated or "
-            f"not a state_dict: delete it, then download it again or copy a good copy of {path.name} there."
+            f"cannot read {path} as {weights}: {error} Delete the file, then download it again or copy a good copy "
+            f"of {path.name} there."
         ) from error
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise WeightsFileError(f"{path} does not hold a flat state_dict of tensors; delete it and get {weights.url}.")
-    return state_dict
 
 
 def imagenet_model(name: str, weights: str | WeightsEnum = "DEFAULT", **load_kwargs) -> nn.Module:
     """Build torchvision model ``name`` with its ImageNet ``weights`` (cache first, network if reachable).
 
-    Every tensor must fit: nothing is loaded in part (``strict=True``).
+    Every tensor must fit: nothing is loaded in part (``load_matching(..., strict=True)``; BatchNorm counters
+    that old torchvision files lack are filled in, as PyTorch does).
 
     Args:
         name: a torchvision model name, e.g. ``"resnet18"``, ``"resnet50"``, ``"vgg16"``.
@@ -153,43 +158,38 @@ def imagenet_model(name: str, weights: str | WeightsEnum = "DEFAULT", **load_kwa
     Returns:
         The model (in train mode, as torchvision returns it). Get its preprocessing from
         ``resolve_weights(name, weights).transforms()``.
+    Raises:
+        WeightsNotFoundError: not in the cache and not downloadable now.
+        WeightsFileError: the file is unsafe, corrupt, or does not fit the model.
     """
     weights = resolve_weights(name, weights)
     state_dict = imagenet_state_dict(weights, **load_kwargs)
     model = get_model(name, weights=None, num_classes=len(weights.meta["categories"]))
-    problems = _mismatch(model.state_dict(), state_dict)
-    if problems:
+    try:
+        load_matching(model, state_dict, strict=True, clean=False)
+    except IncompleteLoadError as error:
         raise WeightsFileError(
-            f"{cached_weights_path(weights)} does not fit {name!r}: {problems}. "
+            f"{cached_weights_path(weights)} does not fit {name!r}, so nothing was loaded:\n{error.report!r}\n"
             "Delete the file, then download it again or copy the right file there."
-        )
-    model.load_state_dict(state_dict, strict=True)
+        ) from error
     return model
 
 
-def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], show: int = 3) -> str:
-    """Describe missing, unexpected and wrongly shaped keys in a line ('' when the two fit)."""
-    groups = {
-        "missing": [k for k in expected if k not in found],
-        "unexpected": [k for k in found if k not in expected],
-        "of the wrong shape": [k for k in expected if k in found and found[k].shape != expected[k].shape],
-    }
-    return "; ".join(
-        f"{len(keys)} {'key' if len(keys) == 1 else 'keys'} {what} (e.g. {', '.join(keys[:show])})"
-        for what, keys in groups.items()
-        if keys
-    )
+def imagenet_or_random(name: str, *, track: str | None = None, **load_kwargs) -> nn.Module:
+    """The model a notebook uses on ``track``: torchvision's random init offline, ImageNet weights on ``"imagenet"``.
 
+    The offline track gives torchvision's random initialisation (no file needed): for architecture-only lessons.
 
-def pretrained_model(name: str, track: str = "offline", **load_kwargs) -> nn.Module:
-    """The model a notebook uses on ``track``: random weights offline, ImageNet weights on ``"imagenet"``.
-
-    The offline track gives torchvision's random initialisation: for architecture-only lessons.
+    Args:
+        name: a torchvision model name.
+        track: ``"offline"`` or ``"imagenet"``; default :func:`get_track` (the ``TRANSFERLAB_TRACK`` variable).
+        **load_kwargs: passed to :func:`imagenet_model` on the imagenet track.
 
     Example:
-        >>> pretrained_model("resnet18", track="offline").fc
+        >>> imagenet_or_random("resnet18", track="offline").fc
         Linear(in_features=512, out_features=1000, bias=True)
     """
+    track = get_track() if track is None else track
     if track not in TRACKS:
         raise ValueError(f"track {track!r} is not one of {TRACKS}.")
     if track == "imagenet":

@@ -4,41 +4,27 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
-import re
-import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from transferlab.serialization import IncompleteLoadError, load_file, unwrap_checkpoint
+
 __all__ = [
-    "CheckpointError",
-    "IncompleteLoadError",
     "LoadReport",
     "adapt_input_conv",
     "clean_state_dict",
-    "load_checkpoint_file",
     "load_matching",
-    "unwrap_checkpoint",
 ]
 
-# Keys under which training scripts commonly nest the model's state_dict inside a checkpoint dict.
-NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 # Wrapper prefixes: nn.DataParallel / DistributedDataParallel add `module.`, torch.compile adds `_orig_mod.`.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file could not be loaded safely; the message says why and what to do."""
-
-
-class IncompleteLoadError(RuntimeError):
-    """``load_matching(..., strict=True)`` would have loaded only part of the weights; nothing was loaded."""
+# The BatchNorm buffer added in PyTorch 0.4.1; BatchNorm fills it in when an older checkpoint lacks it.
+FILLED_IN_BUFFER = "num_batches_tracked"
 
 
 def clean_state_dict(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
@@ -61,96 +47,6 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
             raise ValueError(f"keys {key!r} and another both become {new!r} after removing wrapper prefixes")
         cleaned[new] = value
     return cleaned
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def unwrap_checkpoint(checkpoint: Any) -> Mapping[str, torch.Tensor]:
-    """Return the state_dict inside ``checkpoint``: itself, or nested under ``state_dict``/``model_state_dict``/``model``.
-
-    Example:
-        >>> sd = nn.Linear(1, 1).state_dict()
-        >>> unwrap_checkpoint({"epoch": 3, "model": {"state_dict": sd}}) is sd
-        True
-    """
-    obj = checkpoint
-    for _ in range(5):  # a few levels of nesting at most
-        if isinstance(obj, nn.Module):
-            return obj.state_dict()
-        if _is_state_dict(obj):
-            return obj
-        if not isinstance(obj, Mapping):
-            break
-        inner = next((obj[k] for k in NESTED_KEYS if k in obj), None)
-        if inner is None:
-            raise ValueError(
-                f"no state_dict found in this checkpoint: its keys are {sorted(map(str, obj))[:20]} and none of them "
-                f"is one of {list(NESTED_KEYS)}. Pass the entry that holds the weights, e.g. checkpoint['<key>']."
-            )
-        obj = inner
-    raise ValueError(
-        f"expected a state_dict (a mapping of names to tensors) or a checkpoint dict holding one, got {type(obj).__name__}."
-    )
-
-
-def _pickled_module_name(path: Path) -> str | None:
-    """Class name of a pickled nn.Module in a torch.save zip file, found by reading opcodes (nothing is run)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-            data = zf.read(name)
-    except (zipfile.BadZipFile, StopIteration, OSError):
-        return None
-    if b"_modules" not in data or b"_parameters" not in data:  # the instance dict of every nn.Module has both
-        return None
-    match = re.search(rb"c([\w.]+)\n(\w+)\n", data)  # the first GLOBAL opcode: the pickled object's class
-    return f"{match[1].decode()}.{match[2].decode()}" if match else "an nn.Module"
-
-
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` and errors that say what is wrong with the file and how to fix it.
-
-    Never unpickles arbitrary objects: a file whose unpickling would import or call code is refused before
-    anything runs.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: the file is corrupt/truncated, holds a whole pickled model, or asks to run code.
-
-    Example:
-        >>> load_checkpoint_file("weights.pt")  # doctest: +SKIP
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint file {str(path)!r} does not exist (working directory: {os.getcwd()}). "
-            "Check the path, or save the weights first with torch.save(model.state_dict(), path)."
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        module = _pickled_module_name(path)
-        if module is not None:
-            raise CheckpointError(
-                f"{path.name} holds a whole pickled model ({module}), not a state_dict; weights_only=True refuses it "
-                "because unpickling a model runs code from its class. Fix: where the file is made, save "
-                "torch.save(model.state_dict(), path) and load it into a freshly built model. Only if you trust "
-                "the file's source: torch.load(path, weights_only=False), then .state_dict()."
-            ) from err
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"import and call {found[1]!r}" if found else "run pickle instructions that plain tensors never need"
-        raise CheckpointError(
-            f"{path.name} is not a plain weights file: unpickling it would {what}. It was refused and nothing in it "
-            "was run. Ask for the weights as a state_dict saved with torch.save(model.state_dict(), path); never load "
-            "it with weights_only=False unless you trust whoever made it."
-        ) from err
-    except Exception as err:  # the unpickler and the zip reader fail in many ways on a damaged file
-        raise CheckpointError(
-            f"{path.name} ({path.stat().st_size} bytes) is corrupt, truncated or not a PyTorch checkpoint "
-            f"({type(err).__name__}: {str(err)[:120]}). Download or save it again; torch.save writes a zip archive."
-        ) from err
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -176,6 +72,26 @@ class LoadReport:
         missing: model keys absent from the source; they keep their current values.
         unexpected: source keys the model does not have; ignored.
         excluded: model keys skipped on purpose (``exclude=``); they keep their current values.
+        filled_in: BatchNorm ``num_batches_tracked`` buffers absent from the source; the model keeps its own
+            counter, as PyTorch does. They do not make the load incomplete.
+
+    Why ``filled_in`` is its own list: BatchNorm gained the ``num_batches_tracked`` buffer in PyTorch 0.4.1, and
+    checkpoints saved before then (many published ImageNet/CIFAR models) lack it. ``BatchNorm._load_from_state_dict``
+    fills it in when the state_dict carries no version metadata saying it should be there, so
+    ``load_state_dict(strict=True)`` accepts such a file and ``strict=False`` never lists the buffer among its
+    ``missing_keys``. That is why, in notebook 04, PyTorch lists 5 missing keys for the new ``layer3`` (a conv and a
+    BatchNorm the source does not have: ``layer3.0.weight`` and the BatchNorm's ``weight``, ``bias``,
+    ``running_mean``, ``running_var``) where a key-by-key comparison counts 6: the sixth,
+    ``layer3.1.num_batches_tracked``, is filled in, so this report lists it under ``filled_in``, not ``missing``.
+    (PyTorch skips the fill-in only for a state_dict whose ``_metadata`` says it was saved by 0.4.1 or later;
+    this report always fills in, because unwrapping and cleaning a checkpoint drops that metadata, and so does
+    every dict comprehension over a state_dict.)
+
+    Example:
+        >>> report = load_matching(nn.BatchNorm2d(4), {"weight": torch.ones(4), "bias": torch.zeros(4),
+        ...                                            "running_mean": torch.zeros(4), "running_var": torch.ones(4)})
+        >>> report.complete, report.filled_in
+        (True, ['num_batches_tracked'])
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -183,10 +99,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    filled_in: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        """True if every tensor that was not excluded on purpose was loaded and nothing was left over."""
+        """True if every tensor that was not excluded on purpose (or filled in, as PyTorch does) was loaded and
+        nothing was left over."""
         return not (self.shape_mismatched or self.missing or self.unexpected)
 
     def __repr__(self) -> str:
@@ -204,14 +122,19 @@ class LoadReport:
             + _summary("missing (model keeps its values)", self.missing)
             + _summary("unexpected (ignored)", self.unexpected)
             + _summary("excluded (model keeps its values)", self.excluded)
+            + _summary("filled in (absent from old checkpoints; model keeps its counters)", self.filled_in)
         )
 
 
-def _match(model_sd: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], exclude: Sequence[str]) -> LoadReport:
+def _match(
+    model_sd: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], exclude: Sequence[str]
+) -> LoadReport:
     report = LoadReport()
     for key, target in model_sd.items():
         if key.startswith(tuple(exclude)):
             report.excluded.append(key)
+        elif key not in source and key.rsplit(".", 1)[-1] == FILLED_IN_BUFFER:
+            report.filled_in.append(key)
         elif key not in source:
             report.missing.append(key)
         elif _shape(source[key]) != _shape(target):
@@ -236,6 +159,8 @@ def load_matching(
     copied (assert on it: ``assert report.complete`` or ``assert not report.shape_mismatched``). With
     ``strict=True`` any skipped tensor outside ``exclude`` raises :class:`IncompleteLoadError` and nothing is
     loaded. A load that matches nothing at all always raises (it is almost always a key-prefix mistake).
+    BatchNorm's ``num_batches_tracked`` counters absent from an old checkpoint are filled in as PyTorch does
+    (``report.filled_in``), so a pre-0.4.1 checkpoint loads with ``strict=True``.
 
     Args:
         model: the model to load into (changed in place).
@@ -246,6 +171,8 @@ def load_matching(
         clean: strip ``module.``/``_orig_mod.`` prefixes from the source keys first.
     Returns:
         a :class:`LoadReport`.
+    Raises:
+        IncompleteLoadError: nothing matched, or ``strict=True`` and something did not; ``.report`` says what.
 
     Example:
         >>> from torchvision.models import resnet18
@@ -254,45 +181,56 @@ def load_matching(
         {'fc.weight': ((1000, 512), (10, 512)), 'fc.bias': ((1000,), (10,))}
     """
     if isinstance(source, (str, os.PathLike)):
-        source = load_checkpoint_file(source)
+        source = load_file(source)
     state_dict = unwrap_checkpoint(source)
     if clean:
         state_dict = clean_state_dict(state_dict)
     report = _match(model.state_dict(), state_dict, exclude)
     if not report.loaded:
-        raise IncompleteLoadError(
-            f"no tensor matched by name and shape, nothing was loaded. Model keys start {list(model.state_dict())[:3]}, "
-            f"source keys start {list(state_dict)[:3]}. If the source keys carry an extra prefix (e.g. 'backbone.'), "
-            "strip it first: {k.removeprefix('backbone.'): v for k, v in sd.items()}."
-        )
+        raise _incomplete(
+            "no tensor matched by name and shape, nothing was loaded. "
+            f"Model keys start {list(model.state_dict())[:3]}, source keys start {list(state_dict)[:3]}. "
+            "If the source keys carry an extra prefix (e.g. 'backbone.'), "
+            "strip it first: {k.removeprefix('backbone.'): v for k, v in sd.items()}.", report)
     if strict and not report.complete:
-        raise IncompleteLoadError(
+        raise _incomplete(
             f"strict=True and not every tensor matched, so nothing was loaded.\n{report!r}\n"
             "Fix: pass exclude=(prefix, ...) for layers you replaced on purpose (e.g. exclude=('fc.',)), "
-            "or strict=False and assert on the returned report."
-        )
+            "or strict=False and assert on the returned report.", report)
     result = model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # we only passed keys of the model itself
     return report
 
 
-def adapt_input_conv(conv: nn.Conv2d | torch.Tensor, in_chans: int) -> nn.Conv2d | torch.Tensor:
+def _incomplete(message: str, report: LoadReport) -> IncompleteLoadError:
+    error = IncompleteLoadError(message)
+    error.report = report
+    return error
+
+
+def adapt_input_conv(in_chans: int, conv: nn.Conv2d | torch.Tensor) -> nn.Conv2d | torch.Tensor:
     """Adapt a conv pretrained on RGB input to ``in_chans`` input channels, keeping its pretrained filters.
 
     1 channel: the three colour filters are summed, so a grey image gives the same response as that grey
     image copied into R, G and B. More channels: the RGB filters are repeated cyclically and scaled by
-    ``3 / in_chans`` to keep the output's scale (the same rule as timm's ``adapt_input_conv``).
+    ``3 / in_chans`` to keep the output's scale (the same rule as timm's ``adapt_input_conv``, and the same
+    argument order: ``in_chans`` first).
 
     Args:
-        conv: an ``nn.Conv2d`` with 3 input channels, or its weight ``(out, 3, kh, kw)``.
         in_chans: number of input channels wanted.
+        conv: an ``nn.Conv2d`` with 3 input channels, or its weight ``(out, 3, kh, kw)``.
     Returns:
         a new ``nn.Conv2d`` (same settings, bias copied) or a new weight tensor, like the input.
 
     Example:
-        >>> adapt_input_conv(nn.Conv2d(3, 8, 3), 1).weight.shape
+        >>> adapt_input_conv(1, nn.Conv2d(3, 8, 3)).weight.shape
         torch.Size([8, 1, 3, 3])
     """
+    if isinstance(in_chans, (nn.Module, torch.Tensor)):
+        raise TypeError(
+            "adapt_input_conv takes the channel count first, like timm: adapt_input_conv(in_chans, conv), "
+            f"e.g. adapt_input_conv(1, model.conv1); got a {type(in_chans).__name__} first."
+        )
     weight = conv.weight if isinstance(conv, nn.Conv2d) else conv
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[1] != 3:
         shape = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__

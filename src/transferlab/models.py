@@ -30,6 +30,8 @@ from torchvision.models._api import Weights, WeightsEnum
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.transforms import Normalize
 
+from transferlab.serialization import WeightsNotFoundError, load_state_dict_file
+
 __all__ = ["TinyResNet", "TinyResNet_Weights", "tiny_resnet", "WEIGHTS_DIR", "NORM_MEAN", "NORM_STD"]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
@@ -51,7 +53,8 @@ class TinyResNet(ResNet):
 
     def __init__(self, num_classes: int = 52, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
         nn.Module.__init__(self)  # ResNet.__init__ hard-codes 64..512 channels and a 7x7 stem; set up its state here
-        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, widths[0], 1, 1, 64
+        self._norm_layer, self.inplanes, self.dilation = nn.BatchNorm2d, widths[0], 1
+        self.groups, self.base_width = 1, 64
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
@@ -85,12 +88,24 @@ class TinyResNet_Weights(WeightsEnum):
                          meta=_read_meta())  # fmt: skip
     DEFAULT = LETTERS_V1
 
-    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Load the shipped checkpoint (tensors only: ``weights_only=True``); no network involved."""
+    def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Load the shipped checkpoint through the safe reader (``weights_only=True``); no network involved."""
         if not os.path.exists(self.url):
-            raise FileNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
-                                    f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")  # fmt: skip
-        return torch.load(self.url, map_location="cpu", weights_only=True)
+            raise WeightsNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
+                                       f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")  # fmt: skip
+        return load_state_dict_file(self.url)
+
+
+def _verify(weights: TinyResNet_Weights | str | None) -> TinyResNet_Weights | None:
+    """``TinyResNet_Weights.verify`` with an error that names the valid choices."""
+    try:
+        return TinyResNet_Weights.verify(weights)
+    except KeyError:
+        choices = ", ".join(["None", *(repr(name) for name in TinyResNet_Weights.__members__)])
+        raise ValueError(
+            f"unknown weights {weights!r} for tiny_resnet; use one of {choices} or a TinyResNet_Weights member, "
+            "e.g. tiny_resnet(weights=TinyResNet_Weights.DEFAULT)"
+        ) from None
 
 
 def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: int | None = None) -> TinyResNet:
@@ -109,7 +124,7 @@ def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: in
         >>> model(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    weights = TinyResNet_Weights.verify(weights)
+    weights = _verify(weights)
     if weights is None:
         return TinyResNet(num_classes=52 if num_classes is None else num_classes)
     n_categories = len(weights.meta["categories"])

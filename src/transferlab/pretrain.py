@@ -13,7 +13,6 @@ recipe, build time) are written atomically into ``transferlab/weights/``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -25,10 +24,10 @@ import torch
 from torch import nn
 from torchvision.transforms import Normalize
 
-from transferlab.checkpoint import atomic_open
 from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, source_glyphs
 from transferlab.env import seed_everything
-from transferlab.models import _CHECKPOINT, NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet
+from transferlab.models import NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet, TinyResNet_Weights
+from transferlab.serialization import atomic_open, save_file
 from transferlab.training import train_steps
 
 __all__ = ["PretrainConfig", "pretrain", "source_accuracy", "main"]
@@ -88,14 +87,6 @@ def source_accuracy(model: nn.Module, classes: Sequence[str] = SOURCE_CLASSES, b
     return correct / len(test)
 
 
-def _state_bytes(model: nn.Module) -> bytes:
-    """The state_dict as torch.save bytes; via a buffer, so the archive does not embed the (temporary) file name
-    and the same weights always give the same file, byte for byte."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getvalue()
-
-
 def _metadata(
     cfg: PretrainConfig, model: nn.Module, accuracy: float, seconds: float, classes: Sequence[str] = SOURCE_CLASSES
 ) -> dict[str, Any]:
@@ -123,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, default in vars(PretrainConfig).items():
         if not name.startswith("_") and isinstance(default, (int, float)):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    parser.add_argument("--out", default=_CHECKPOINT, help="checkpoint path (metadata goes next to it as .json)")
+    parser.add_argument("--out", default=TinyResNet_Weights.DEFAULT.url,
+                        help="checkpoint path (metadata goes next to it as .json)")
     parser.add_argument("--exclude", default="", help="letters to leave out of the source, e.g. OlZSbBg (ablation)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     cfg = parser.parse_args(argv, namespace=PretrainConfig())
@@ -136,8 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     accuracy = source_accuracy(model, classes)
     print(f"pretraining took {seconds:.1f} s; source test accuracy {accuracy:.4f}")
     out = os.path.abspath(cfg.out)
-    with atomic_open(out) as f:
-        f.write(_state_bytes(model))
+    save_file(model.state_dict(), out)  # atomic; the same weights always give the same bytes
     meta = _metadata(cfg, model, accuracy, seconds, classes)
     meta_path = os.path.splitext(out)[0] + ".json"
     with atomic_open(meta_path) as f:

@@ -1,0 +1,323 @@
+"""The weights file: atomic writes, safe reads with clear errors, and the one error hierarchy of the package.
+
+Every module that writes or reads weights goes through here: :func:`save_file` never leaves a corrupt file behind,
+:func:`load_file` never runs pickled code (``torch.load(..., weights_only=True)``) and says what is wrong with a bad
+file and how to fix it. The errors:
+
+- :class:`WeightsError` (a ``RuntimeError``): the base; ``except WeightsError`` catches every weights problem.
+- :class:`WeightsFileError`: the file exists but is unsafe, corrupt or not what was expected.
+- :class:`WeightsNotFoundError` (also a ``FileNotFoundError``): no such file, or weights unavailable offline.
+- :class:`IncompleteLoadError`: a load that would fill a model only in part; nothing was loaded.
+
+Example:
+    >>> path = save_file({"w": torch.ones(2)}, "weights.pt")  # doctest: +SKIP
+    >>> load_state_dict_file(path)  # doctest: +SKIP
+    OrderedDict({'w': tensor([1., 1.])})
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import pickletools
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "WeightsError",
+    "WeightsFileError",
+    "WeightsNotFoundError",
+    "IncompleteLoadError",
+    "NESTED_KEYS",
+    "atomic_open",
+    "save_file",
+    "load_file",
+    "load_state_dict_file",
+    "unsafe_globals",
+    "unwrap_checkpoint",
+]
+
+# Keys under which training scripts commonly nest the model's state_dict inside a checkpoint dict.
+NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class WeightsError(RuntimeError):
+    """Base of every weights problem in transferlab; the message says what is wrong and what to do."""
+
+
+class WeightsFileError(WeightsError):
+    """The file exists but is unsafe to unpickle, corrupt, or not what was expected (e.g. not a state_dict)."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """No weights file at the path, or the weights are not in the cache and cannot be downloaded now."""
+
+
+class IncompleteLoadError(WeightsError):
+    """A load would have filled the model only in part, so nothing was loaded; ``.report`` says what did not fit."""
+
+    report: Any = None  # the LoadReport of transferlab.loading, when the error comes from load_matching
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Write ``path`` all or nothing: yield a temporary file next to it, then fsync and ``os.replace`` it onto ``path``.
+
+    If the block raises (or the process dies), ``path`` keeps its previous content and the temporary file is removed.
+
+    Example:
+        >>> with atomic_open("notes.txt") as f:  # doctest: +SKIP
+        ...     f.write(b"all or nothing")
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_file(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)``, atomically; the same object always gives the same bytes, whatever the path.
+
+    The archive is built in memory first, so it does not embed the (temporary) file's name, and a failure while
+    pickling leaves ``path`` as it was. Missing parent folders are created.
+
+    Example:
+        >>> save_file(model.state_dict(), "weights.pt")  # doctest: +SKIP
+        PosixPath('weights.pt')
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def _resolve(name: str) -> Any:
+    """The object ``name`` ("module.Class") names in an already imported module, else None; nothing is imported."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        obj: Any = sys.modules.get(".".join(parts[:cut]))
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr, None)
+        if obj is not None:
+            return obj
+    return None
+
+
+def _is_module_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
+
+
+def _pickles(path: Path) -> list[bytes]:
+    """The pickle streams to scan: ``data.pkl`` of a torch.save zip, else the whole (legacy or raw pickle) file."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            return [zf.read(n) for n in zf.namelist() if n.endswith("data.pkl")]
+    return [path.read_bytes()]
+
+
+def _globals_in_order(data: bytes) -> list[str]:
+    """Every global the pickle(s) in ``data`` would import, in file order, read by ``pickletools`` (nothing runs).
+
+    Handles ``GLOBAL`` (protocols 0-3) and ``STACK_GLOBAL`` (4-5, whose two names are pushed as strings just before,
+    possibly through the memo); a legacy torch.save file is several pickles in a row.
+    """
+    found: list[str] = []
+    memo: dict[Any, Any] = {}
+    recent: list[Any] = []  # values pushed by the last ops that push one (None for non-strings)
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+                recent.append(None)
+            elif op.name == "STACK_GLOBAL":
+                if len(recent) >= 2 and all(isinstance(s, str) for s in recent[-2:]):
+                    found.append(f"{recent[-2]}.{recent[-1]}")
+                recent.append(None)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = recent[-1] if recent else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(arg))
+            elif op.stack_after and op.name not in ("FRAME", "PROTO"):
+                recent.append(arg if isinstance(arg, str) else None)
+    return list(dict.fromkeys(found))
+
+
+def unsafe_globals(path: str | os.PathLike) -> list[str]:
+    """The globals (``"module.name"``) that unpickling ``path`` would import and ``weights_only=True`` refuses.
+
+    For a ``torch.save`` zip file this is ``torch.serialization.get_unsafe_globals_in_checkpoint``, put in the
+    order the file names them (the first is the outermost object, e.g. a pickled model's class). Nothing is
+    unpickled or imported. A file that cannot be read at all gives ``[]``.
+
+    Example:
+        >>> unsafe_globals("model_saved_with_torch_save_model.pt")  # doctest: +SKIP
+        ['torchvision.models.resnet.ResNet', 'torch.nn.modules.conv.Conv2d', ...]
+    """
+    path = Path(path)
+    try:
+        ordered = [g for data in _pickles(path) for g in _globals_in_order(data)]
+    except Exception:  # a damaged stream: keep what torch itself can say
+        ordered = []
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch.save zip (legacy or raw pickle), or opcodes torch's scanner does not read
+        allowed = set(getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)())
+        allowed |= {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
+                    if not isinstance(g, tuple)}
+        unsafe = set(ordered) - allowed
+    position = {g: i for i, g in enumerate(ordered)}
+    return sorted(unsafe, key=lambda g: (position.get(g, len(position)), g))
+
+
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt"))[:5]
+        hint = f" It holds {inside}; pass one of them" if inside else " Pass the path of the weights file inside it"
+        raise WeightsFileError(f"{str(path)!r} is a directory, not a weights file.{hint}, e.g. {path / 'weights.pt'}.")
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"weights file {str(path)!r} does not exist (working directory: {os.getcwd()}). "
+            "Check the path, or save the weights first with torch.save(model.state_dict(), path)."
+        )
+
+
+def _refusal(path: Path) -> WeightsFileError:
+    """The error for a file that ``weights_only=True`` refused, naming what it would have imported."""
+    names = unsafe_globals(path)
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    models = [n for n in names if _is_module_class(_resolve(n))]
+    if models:  # the outermost class comes first; a class of a module not imported here is the user's own model
+        root = names[0] if _resolve(names[0]) is None else models[0]
+        return WeightsFileError(
+            f"{path.name} holds a whole pickled model ({root}), not a state_dict; weights_only=True refuses it "
+            f"because unpickling it would import {shown}. Fix: where the file is made, save "
+            "torch.save(model.state_dict(), path) and load it into a freshly built model. Only if you trust "
+            "the file's source: torch.load(path, weights_only=False), then .state_dict()."
+        )
+    if names:
+        return WeightsFileError(
+            f"{path.name} is not a plain weights file: unpickling it would import and call {shown}. It was refused "
+            "and nothing in it was run. Ask for the weights as a state_dict saved with "
+            "torch.save(model.state_dict(), path); never load it with weights_only=False unless you trust whoever "
+            "made it."
+        )
+    return _corrupt(path, "it uses pickle instructions that a torch.save file of tensors never holds")
+
+
+def _corrupt(path: Path, reason: str) -> WeightsFileError:
+    return WeightsFileError(
+        f"{path.name} ({path.stat().st_size} bytes) is corrupt, truncated or not a PyTorch checkpoint ({reason}); "
+        "nothing in it was run. Download or save it again; torch.save writes a zip archive."
+    )
+
+
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file and how to fix it.
+
+    Never unpickles arbitrary objects: a file whose unpickling would import or call code is refused before
+    anything runs, and the message names what it would have imported. torch's warning about an old pickle
+    protocol is not passed on: the refusal (or the result) says all there is.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        WeightsFileError: a directory; a corrupt or truncated file; a whole pickled model; a pickle that would
+            import code.
+
+    Example:
+        >>> load_file("weights.pt")  # doctest: +SKIP
+    """
+    path = Path(path)
+    _check_path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(path) from err
+    except Exception as err:  # the unpickler and the zip reader fail in many ways on a damaged file
+        raise _corrupt(path, f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}") from err
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_checkpoint(checkpoint: Any) -> Mapping[str, torch.Tensor]:
+    """The state_dict inside ``checkpoint``: itself, or nested under ``state_dict``/``model_state_dict``/``model``.
+
+    Example:
+        >>> sd = nn.Linear(1, 1).state_dict()
+        >>> unwrap_checkpoint({"epoch": 3, "model": {"state_dict": sd}}) is sd
+        True
+    """
+    obj = checkpoint
+    for _ in range(5):  # a few levels of nesting at most
+        if isinstance(obj, nn.Module):
+            return obj.state_dict()
+        if _is_state_dict(obj):
+            return obj
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in NESTED_KEYS if k in obj), None)
+        if inner is None:
+            raise ValueError(
+                f"no state_dict found in this checkpoint: its keys are {sorted(map(str, obj))[:20]} and none of them "
+                f"is one of {list(NESTED_KEYS)}. Pass the entry that holds the weights, e.g. checkpoint['<key>']."
+            )
+        obj = inner
+    raise ValueError(
+        "expected a state_dict (a mapping of names to tensors) or a checkpoint dict holding one, "
+        f"got {type(obj).__name__}."
+    )
+
+
+def load_state_dict_file(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> OrderedDict[str, torch.Tensor]:
+    """Read a state_dict from ``path`` safely (:func:`load_file`), unwrapping a checkpoint dict that nests one.
+
+    Raises:
+        WeightsNotFoundError: no such file.
+        WeightsFileError: the file is unsafe or damaged (see :func:`load_file`), or holds no flat mapping of
+            names to tensors.
+
+    Example:
+        >>> sd = load_state_dict_file("checkpoint.pt")  # {"epoch": 3, "state_dict": {...}} gives the inner dict
+        ... # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        state_dict = unwrap_checkpoint(load_file(path, map_location))
+    except ValueError as err:
+        raise WeightsFileError(f"{path.name} does not hold a state_dict: {err}") from err
+    bad = [str(k) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsFileError(f"{path.name} is not a flat state_dict of named tensors: entries {bad[:3]} are not.")
+    return OrderedDict(state_dict)
