@@ -1,0 +1,171 @@
+"""How transferable are features? The grid of Yosinski et al. (2014) at small scale (a benchmark, not a test).
+
+The 52 source letters are split into halves A and B (``split_classes(seed=0)``). Two *donors* are pretrained from
+scratch with the course's recipe (``transferability.train_on_task`` = ``transferlab.pretrain``'s loop, seed 0,
+``--donor-steps`` x ``--donor-batch-size``): baseA on A, baseB on B. Then on task B, with the SAME recipe and the
+same, shorter budget (``--steps`` x ``--batch-size``) for every run:
+
+* ``baseB``              a fresh TinyResNet trained on B (n = 0: nothing transferred);
+* ``BnB`` / ``BnB+``     the first n stages copied from the baseB donor, frozen / fine-tuned, the rest re-initialised;
+* ``AnB`` / ``AnB+``     the same from the baseA donor;
+
+for n = 1..5 stages (stem, layer1 .. layer4) and seeds 1..3 (the seed draws the re-initialised layers and the
+stream of training scenes; all runs with one seed see the same scenes). Accuracy: the fixed source test scenes
+of task B (30 held-out renderings per letter, 780 images). Notebook 09 re-runs a point of this grid live.
+
+Usage (from the repository root; ``make transferability``)::
+
+    PYTHONPATH=src python benchmarks/transferability.py          # the committed results, 1 thread
+    PYTHONPATH=src python benchmarks/transferability.py --donor-steps 3 --steps 2 --seeds 2 --depths 1 5 \
+        --results-dir /tmp                                       # smoke test
+
+The results file (``benchmarks/results/<name>.json``, rewritten atomically after every run, so a partial grid is
+readable) records the command line, the git commit, the thread count and ``os.getloadavg()`` at start and end (and
+the 1-minute load after every run); ``<name>.csv`` holds mean and std per cell once the grid is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from transferlab.data import SOURCE_CLASSES
+from transferlab.pretrain import PretrainConfig
+from transferlab.transferability import (
+    STAGES,
+    scratch_model,
+    split_classes,
+    task_accuracy,
+    task_stream,
+    train_on_task,
+    transfer_model,
+)
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--donor-steps", type=int, default=240, help="optimisation steps of the donors baseA, baseB")
+    p.add_argument("--donor-batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=60, help="optimisation steps of every run on task B")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=PretrainConfig.lr)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..SEEDS per cell (0 is the donors')")
+    p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="transferability")
+    p.add_argument("--results-dir", default=RESULTS_DIR)
+    return p.parse_args(argv)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _config(args: argparse.Namespace, seed: int, donor: bool = False) -> PretrainConfig:
+    if donor:
+        return PretrainConfig(steps=args.donor_steps, batch_size=args.donor_batch_size, lr=args.lr, seed=seed)
+    return PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed)
+
+
+def _write(result: dict[str, Any], path: str) -> None:
+    """Write JSON atomically: a temp file in the same folder, then os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
+    """Donors (seed 0, donor budget), then for each seed: baseB and every (variant, n) point on one scene stream."""
+    donors = {}
+    for name, task in (("A", task_a), ("B", task_b)):
+        start = time.perf_counter()
+        donors[name] = train_on_task(scratch_model(len(task), 0), task, _config(args, 0, donor=True))
+        record(f"base{name}-donor", None, 0, task_accuracy(donors[name], task), start)
+    for seed in range(1, args.seeds + 1):
+        cfg = _config(args, seed)
+        stream = task_stream(task_b, cfg)
+        start = time.perf_counter()
+        model = train_on_task(scratch_model(len(task_b), seed), task_b, cfg, stream=stream)
+        record("baseB", None, seed, task_accuracy(model, task_b), start)
+        for variant, n in points:
+            start = time.perf_counter()
+            model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
+            train_on_task(model, task_b, cfg, stream=stream)
+            record(variant, n, seed, task_accuracy(model, task_b), start)
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std (sample std over seeds) of every (variant, n) cell."""
+    cells: dict[tuple[str, int | None], list[float]] = {}
+    for r in runs:
+        if not r["variant"].endswith("donor"):
+            cells.setdefault((r["variant"], r["n"]), []).append(r["acc"])
+    return [{"variant": v, "n": n, "mean": round(statistics.mean(a), 4),
+             "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"), "seeds": len(a)}
+            for (v, n), a in cells.items()]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    task_a, task_b = split_classes(SOURCE_CLASSES, args.split_seed)
+    grid = [(v, n) for n in args.depths for v in VARIANTS]
+    path = os.path.join(args.results_dir, args.name + ".json")
+    result: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/transferability.py", *(sys.argv[1:] if argv is None else argv)]),
+        "commit": _commit(), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
+        "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()},
+        "args": vars(args), "task_a": task_a, "task_b": task_b, "stages": STAGES, "complete": False, "runs": [],
+    }  # fmt: skip
+    t0 = time.perf_counter()
+
+    def record(variant: str, n: int | None, seed: int, acc: float, start: float) -> None:
+        row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4),
+               "seconds": round(time.perf_counter() - start, 2), "loadavg": round(os.getloadavg()[0], 2)}  # fmt: skip
+        result["runs"].append(row)
+        _write(result, path)
+        print(f"[{time.perf_counter() - t0:7.1f} s] {variant:12s} n={n} seed={seed} acc={acc:.4f} "
+              f"({row['seconds']} s)", flush=True)  # fmt: skip
+
+    run_grid(args, grid, task_a, task_b, record)
+    result.update(complete=True, seconds=round(time.perf_counter() - t0, 1), loadavg_end=os.getloadavg())
+    result["summary"] = summarise(result["runs"])
+    _write(result, path)
+    with open(os.path.join(args.results_dir, args.name + ".csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["variant", "n", "mean", "std", "seeds"])
+        writer.writeheader()
+        writer.writerows(result["summary"])
+    print(f"done in {result['seconds']} s; wrote {path} and .csv")
+
+
+if __name__ == "__main__":
+    main()
