@@ -7,20 +7,23 @@ cached vectors (with data augmentation this shortcut does not apply: each epoch 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
-from transferlab.training import History, fit
+from transferlab.training import Batch, History, fit
 
-__all__ = ["extract_features", "train_head"]
+__all__ = ["extract_features", "ShuffledBatches", "train_head"]
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> TensorDataset:
-    """Run ``backbone`` once over ``loader`` in eval mode and return ``TensorDataset(features, labels)``.
+def extract_features(backbone: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu") -> TensorDataset:
+    """Run ``backbone`` once over ``loader`` (a DataLoader or any iterable of ``(inputs, labels)`` batches) in eval mode
+    and return ``torch.utils.data.TensorDataset(features, labels)``.
 
     Features are flattened to ``(N, D)`` and kept on the CPU; the backbone's train/eval mode is restored.
 
@@ -43,6 +46,37 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.devi
     return TensorDataset(torch.cat(features), torch.cat(labels))
 
 
+class ShuffledBatches:
+    """Minibatches of in-memory tensors in a new random order every pass, indexed a whole batch at a time.
+
+    What ``DataLoader(TensorDataset(...), batch_size, shuffle=True)`` yields, without its per-batch overhead: no
+    sampler turning indices into a Python list, no collation. ``generator`` draws the order (``None``: torch's
+    global generator, which `seed_everything` seeds).
+
+    Example:
+        >>> data = TensorDataset(torch.arange(5.0), torch.arange(5))
+        >>> [len(x) for x, y in ShuffledBatches(data, 2)]
+        [2, 2, 1]
+    """
+
+    def __init__(self, data: TensorDataset, batch_size: int, generator: torch.Generator | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        self.tensors, self.batch_size, self.generator = data.tensors, batch_size, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = torch.randperm(len(self.tensors[0]), generator=self.generator)
+        for index in order.split(self.batch_size):
+            yield tuple(t[index] for t in self.tensors)
+
+
+def _in_order(data: TensorDataset, batch_size: int = 1024) -> list[tuple[torch.Tensor, ...]]:
+    return list(zip(*(t.split(batch_size) for t in data.tensors), strict=True))
+
+
 def train_head(
     head: nn.Module,
     train_features: TensorDataset,
@@ -56,7 +90,9 @@ def train_head(
     """Train ``head`` on cached features with `fit` (shuffled batches; keeps the best weights).
 
     Args:
-        generator: the shuffling generator of the training loader (seed it for repeatable runs).
+        val_features: picks the best epoch; ``None`` picks it on ``train_features`` (evaluated in one pass of
+            large batches, like a validation set).
+        generator: draws the order of the training batches (seed it for repeatable runs).
         fit_kwargs: passed on to `fit` (``scheduler``, ``progress``, ``device``, ...).
 
     Example:
@@ -64,9 +100,8 @@ def train_head(
         >>> opt = torch.optim.SGD(head.parameters(), lr=0.1)  # doctest: +SKIP
         >>> history = train_head(head, train_feats, test_feats, opt, epochs=20, progress=False)  # doctest: +SKIP
     """
-    # Index the cached tensors with a whole batch of indices at once instead of collating sample by sample:
-    # the same shuffled batches, about twice as fast, which matters once the backbone is out of the loop.
-    batches = BatchSampler(RandomSampler(train_features, generator=generator), batch_size, drop_last=False)
-    train_loader = DataLoader(train_features, sampler=batches, batch_size=None)
-    val_loader = DataLoader(val_features, batch_size=1024) if val_features is not None else None
-    return fit(head, train_loader, val_loader, optimizer, epochs, **fit_kwargs)
+    # Once the backbone is out of the loop, a DataLoader's per-batch work (sampling indices into a list, collating)
+    # and a second shuffled pass for the evaluation cost as much as the head itself: index whole batches instead.
+    train_batches = ShuffledBatches(train_features, batch_size, generator)
+    val_batches = _in_order(val_features if val_features is not None else train_features)
+    return fit(head, train_batches, val_batches, optimizer, epochs, **fit_kwargs)

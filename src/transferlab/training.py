@@ -1,24 +1,26 @@
-"""Training loops: one epoch, evaluation, predictions, and a `fit` that keeps the best weights.
+"""Training loops: one epoch, evaluation, predictions, a `fit` that keeps the best weights, and `train_steps`.
 
 The loops are the plain PyTorch ones a learner writes by hand in notebook 05, wrapped so later
-notebooks can call them in one line.
+notebooks can call them in one line. `train_steps` trains for a fixed number of optimisation steps instead
+of epochs (the budget used by pretraining and by the benchmarks, where every method gets the same steps).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit"]
+__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "BatchSource"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# A batch source for `train_steps`: called with the step number, returns that step's (inputs, targets).
+BatchSource = Callable[[int], Batch]
 
 
 @dataclass
@@ -44,7 +46,9 @@ class History:
         return len(self.epoch)
 
 
-def _step_batch(model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torch.device) -> tuple[torch.Tensor, int, int]:
+def _step_batch(
+    model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torch.device
+) -> tuple[torch.Tensor, int, int]:
     inputs, targets = batch[0].to(device), batch[1].to(device)
     logits = model(inputs)
     loss = loss_fn(logits, targets)
@@ -54,7 +58,7 @@ def _step_batch(model: nn.Module, batch: Batch, loss_fn: nn.Module, device: torc
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module | None = None,
     device: torch.device | str = "cpu",
@@ -87,7 +91,7 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[Batch],
     loss_fn: nn.Module | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[float, float]:
@@ -115,7 +119,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, loader: Iterable[Batch], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and true label of every sample in ``loader`` (eval mode, no gradients).
 
     Returns:
@@ -132,7 +138,9 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str = "
     return torch.cat(preds), torch.cat(targets)
 
 
-def _record(history: History, epoch: int, train: tuple[float, float], val: tuple[float, float], lrs: list[float]) -> None:
+def _record(
+    history: History, epoch: int, train: tuple[float, float], val: tuple[float, float], lrs: list[float]
+) -> None:
     history.epoch.append(epoch)
     history.train_loss.append(train[0])
     history.train_acc.append(train[1])
@@ -143,8 +151,8 @@ def _record(history: History, epoch: int, train: tuple[float, float], val: tuple
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch] | None,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     scheduler: Any | None = None,
@@ -193,3 +201,71 @@ def fit(
     if restore_best and history.best_state is not None:
         model.load_state_dict(history.best_state)
     return history
+
+
+def _draw(data: Batch, batch_size: int, generator: torch.Generator | None) -> BatchSource:
+    """Batches of ``batch_size`` samples drawn with replacement from in-memory ``(inputs, targets)``."""
+    inputs, targets = data
+    if len(inputs) != len(targets) or len(targets) == 0:
+        raise ValueError(f"train_steps needs as many inputs as targets, at least one: got {len(inputs)} inputs "
+                         f"and {len(targets)} targets.")
+
+    def batch(step: int) -> Batch:
+        pick = torch.randint(len(targets), (batch_size,), generator=generator)
+        return inputs[pick], targets[pick]
+
+    return batch
+
+
+def train_steps(
+    model: nn.Module,
+    data: Batch | BatchSource,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scheduler: Any | None = None,
+    loss_fn: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` (train mode) for exactly ``steps`` optimizer steps, one minibatch each.
+
+    Args:
+        data: ``(inputs, targets)`` tensors, from which every step draws ``batch_size`` samples with replacement
+            using ``generator`` (seed it for repeatable runs); or a `BatchSource`, a function ``step -> (inputs,
+            targets)`` (e.g. freshly generated data every step).
+        transform: applied to each batch of inputs before the model (e.g. normalisation or augmentation).
+        scheduler: a per-step LR scheduler (``OneCycleLR``, ``CosineAnnealingLR(optimizer, steps)``);
+            ``scheduler.step()`` runs after every optimizer step.
+        on_step: called as ``on_step(step, loss)`` after each step (e.g. to log); asking for the loss waits for it.
+
+    Returns:
+        the training loss of every step (detached, on the CPU).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)  # doctest: +SKIP
+        >>> losses = train_steps(model, (images, labels), 150, optimizer, batch_size=64, generator=g)  # doctest: +SKIP
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    batches = data if callable(data) else _draw(data, batch_size, generator)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    device = torch.device(device)
+    model.train()
+    losses = []
+    for step in range(steps):
+        inputs, targets = batches(step)
+        inputs = inputs if transform is None else transform(inputs)
+        loss = loss_fn(model(inputs.to(device)), targets.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        if on_step is not None:
+            on_step(step, loss.item())
+    return torch.stack(losses).cpu().tolist()
