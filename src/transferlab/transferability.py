@@ -33,6 +33,7 @@ from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, sourc
 from transferlab.freeze import freeze, freeze_bn
 from transferlab.models import NORM_MEAN, NORM_STD, TinyResNet
 from transferlab.pretrain import PretrainConfig
+from transferlab.training import train_steps
 
 __all__ = [
     "STAGES",
@@ -186,8 +187,9 @@ def train_on_task(model: nn.Module, classes: Sequence[str], cfg: PretrainConfig,
 
     The recipe of :func:`transferlab.pretrain.pretrain` (a fresh batch of scenes every step from ``cfg.seed``,
     difficulty ramped 0 -> 1 over ``cfg.ramp`` of the steps, AdamW, OneCycle, label smoothing) applied to a given
-    model: only parameters with ``requires_grad`` are optimised, so frozen stages stay as they are. On a
-    :func:`scratch_model` with the same seed it gives exactly ``pretrain(cfg, classes)``.
+    model through :func:`transferlab.training.train_steps`. Only parameters with ``requires_grad`` are optimised,
+    so frozen stages stay as they are. On a :func:`scratch_model` with the same seed it gives exactly
+    ``pretrain(cfg, classes)``.
 
     Args:
         stream: the batches, if already rendered by :func:`task_stream` (same result, faster when runs share it).
@@ -207,13 +209,8 @@ def train_on_task(model: nn.Module, classes: Sequence[str], cfg: PretrainConfig,
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    model.train()
-    for images, labels in stream:
-        loss = loss_fn(model(_normalise(images.to(device))), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    train_steps(model, stream.__getitem__, cfg.steps, optimizer, transform=_normalise, scheduler=schedule,
+                loss_fn=loss_fn, device=device)
     return model.eval()
 
 
