@@ -15,13 +15,13 @@ of task B (30 held-out renderings per letter, 780 images). Notebook 09 re-runs a
 
 Usage (from the repository root; ``make transferability``)::
 
-    PYTHONPATH=src python benchmarks/transferability.py          # the committed results, 1 thread
+    PYTHONPATH=src python benchmarks/transferability.py --jobs 3  # the committed results: 3 processes, 1 thread each
     PYTHONPATH=src python benchmarks/transferability.py --donor-steps 3 --steps 2 --seeds 2 --depths 1 5 \
         --results-dir /tmp                                       # smoke test
 
 The results file (``benchmarks/results/<name>.json``, rewritten atomically after every run, so a partial grid is
-readable) records the command line, the git commit, the thread count and ``os.getloadavg()`` at start and end (and
-the 1-minute load after every run); ``<name>.csv`` holds mean and std per cell once the grid is complete.
+readable) records the command line, the git commit, the thread count per process, the number of processes and
+``os.getloadavg()`` at start and end (and the wall and CPU seconds and the 1-minute load of every run); ``<name>.csv`` holds mean and std per cell once the grid is complete.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
@@ -58,15 +60,16 @@ VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--donor-steps", type=int, default=240, help="optimisation steps of the donors baseA, baseB")
+    p.add_argument("--donor-steps", type=int, default=160, help="optimisation steps of the donors baseA, baseB")
     p.add_argument("--donor-batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=60, help="optimisation steps of every run on task B")
+    p.add_argument("--steps", type=int, default=40, help="optimisation steps of every run on task B")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=PretrainConfig.lr)
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..SEEDS per cell (0 is the donors')")
     p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    p.add_argument("--jobs", type=int, default=3, help="worker processes (the donors, then one seed each, in parallel)")
     p.add_argument("--name", default="transferability")
     p.add_argument("--results-dir", default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -102,24 +105,53 @@ def _write(result: dict[str, Any], path: str) -> None:
         raise
 
 
-def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
-    """Donors (seed 0, donor budget), then for each seed: baseB and every (variant, n) point on one scene stream."""
+def _row(variant: str, n: int | None, seed: int, acc: float, start: float, cpu_start: float) -> dict[str, Any]:
+    row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4), "seconds": round(time.perf_counter() - start, 2),
+           "cpu_seconds": round(time.process_time() - cpu_start, 2), "loadavg": round(os.getloadavg()[0], 2)}  # fmt: skip
+    print(f"{variant:12s} n={n} seed={seed} acc={acc:.4f} ({row['seconds']} s, cpu {row['cpu_seconds']} s)", flush=True)
+    return row
+
+
+def donor_job(args: argparse.Namespace, name: str, task: tuple[str, ...]) -> tuple[str, dict, list[dict]]:
+    """Pretrain one donor (seed 0, the donor budget) from scratch on its half."""
+    torch.set_num_threads(args.threads)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model = train_on_task(scratch_model(len(task), 0), task, _config(args, 0, donor=True))
+    return name, model.state_dict(), [_row(f"base{name}-donor", None, 0, task_accuracy(model, task), start, cpu_start)]
+
+
+def seed_job(args: argparse.Namespace, seed: int, points: list[tuple[str, int]], task_b: tuple[str, ...],
+             donor_states: dict[str, dict]) -> list[dict]:  # fmt: skip
+    """baseB and every (variant, n) point for one seed, all on the same stream of training scenes."""
+    torch.set_num_threads(args.threads)
     donors = {}
-    for name, task in (("A", task_a), ("B", task_b)):
-        start = time.perf_counter()
-        donors[name] = train_on_task(scratch_model(len(task), 0), task, _config(args, 0, donor=True))
-        record(f"base{name}-donor", None, 0, task_accuracy(donors[name], task), start)
-    for seed in range(1, args.seeds + 1):
-        cfg = _config(args, seed)
-        stream = task_stream(task_b, cfg)
-        start = time.perf_counter()
-        model = train_on_task(scratch_model(len(task_b), seed), task_b, cfg, stream=stream)
-        record("baseB", None, seed, task_accuracy(model, task_b), start)
-        for variant, n in points:
-            start = time.perf_counter()
-            model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
-            train_on_task(model, task_b, cfg, stream=stream)
-            record(variant, n, seed, task_accuracy(model, task_b), start)
+    for name, state in donor_states.items():
+        donors[name] = scratch_model(state["fc.weight"].shape[0], 0)
+        donors[name].load_state_dict(state)
+    cfg = _config(args, seed)
+    stream = task_stream(task_b, cfg)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model = train_on_task(scratch_model(len(task_b), seed), task_b, cfg, stream=stream)
+    rows = [_row("baseB", None, seed, task_accuracy(model, task_b), start, cpu_start)]
+    for variant, n in points:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
+        train_on_task(model, task_b, cfg, stream=stream)
+        rows.append(_row(variant, n, seed, task_accuracy(model, task_b), start, cpu_start))
+    return rows
+
+
+def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
+    """Both donors, then one job per seed; ``--jobs`` worker processes (one thread each) run them in parallel."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+        donor_states = {}
+        for name, state, rows in pool.map(donor_job, [args, args], ["A", "B"], [task_a, task_b]):
+            donor_states[name] = state
+            record(rows)
+        jobs = [pool.submit(seed_job, args, seed, points, task_b, donor_states) for seed in range(1, args.seeds + 1)]
+        for job in as_completed(jobs):
+            record(job.result())
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,20 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     path = os.path.join(args.results_dir, args.name + ".json")
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/transferability.py", *(sys.argv[1:] if argv is None else argv)]),
-        "commit": _commit(), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
+        "commit": _commit(), "threads": args.threads, "jobs": args.jobs, "loadavg_start": os.getloadavg(),
         "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "args": vars(args), "task_a": task_a, "task_b": task_b, "stages": STAGES, "complete": False, "runs": [],
     }  # fmt: skip
     t0 = time.perf_counter()
 
-    def record(variant: str, n: int | None, seed: int, acc: float, start: float) -> None:
-        row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4),
-               "seconds": round(time.perf_counter() - start, 2), "loadavg": round(os.getloadavg()[0], 2)}  # fmt: skip
-        result["runs"].append(row)
+    def record(rows: list[dict[str, Any]]) -> None:
+        result["runs"].extend(rows)
+        result["runs"].sort(key=lambda r: (r["seed"], r["variant"] != "baseB", r["n"] or 0))
         _write(result, path)
-        print(f"[{time.perf_counter() - t0:7.1f} s] {variant:12s} n={n} seed={seed} acc={acc:.4f} "
-              f"({row['seconds']} s)", flush=True)  # fmt: skip
+        print(f"[{time.perf_counter() - t0:7.1f} s] recorded {len(result['runs'])} runs", flush=True)
 
     run_grid(args, grid, task_a, task_b, record)
     result.update(complete=True, seconds=round(time.perf_counter() - t0, 1), loadavg_end=os.getloadavg())
