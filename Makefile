@@ -53,4 +53,4 @@ clean:
 ## Notebook 09's grid, Yosinski et al. (2014) at small scale, 1 thread (benchmarks/results/transferability.*).
 .PHONY: transferability
 transferability: install
-	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs 3
+	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs 6

@@ -15,7 +15,7 @@ of task B (30 held-out renderings per letter, 780 images). Notebook 09 re-runs a
 
 Usage (from the repository root; ``make transferability``)::
 
-    PYTHONPATH=src python benchmarks/transferability.py --jobs 3  # the committed results: 3 processes, 1 thread each
+    PYTHONPATH=src python benchmarks/transferability.py --jobs 6  # the committed results: 6 processes, 1 thread each
     PYTHONPATH=src python benchmarks/transferability.py --donor-steps 3 --steps 2 --seeds 2 --depths 1 5 \
         --results-dir /tmp                                       # smoke test
 
@@ -60,7 +60,7 @@ VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--donor-steps", type=int, default=160, help="optimisation steps of the donors baseA, baseB")
+    p.add_argument("--donor-steps", type=int, default=120, help="optimisation steps of the donors baseA, baseB")
     p.add_argument("--donor-batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=40, help="optimisation steps of every run on task B")
     p.add_argument("--batch-size", type=int, default=32)
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
-    p.add_argument("--jobs", type=int, default=3, help="worker processes (the donors, then one seed each, in parallel)")
+    p.add_argument("--jobs", type=int, default=6, help="worker processes (the donors, then seed x depth jobs, in parallel)")
     p.add_argument("--name", default="transferability")
     p.add_argument("--results-dir", default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -122,7 +122,7 @@ def donor_job(args: argparse.Namespace, name: str, task: tuple[str, ...]) -> tup
 
 def seed_job(args: argparse.Namespace, seed: int, points: list[tuple[str, int]], task_b: tuple[str, ...],
              donor_states: dict[str, dict]) -> list[dict]:  # fmt: skip
-    """baseB and every (variant, n) point for one seed, all on the same stream of training scenes."""
+    """Some (variant, n) points for one seed (``("baseB", 0)``: from scratch), on that seed's stream of scenes."""
     torch.set_num_threads(args.threads)
     donors = {}
     for name, state in donor_states.items():
@@ -130,26 +130,30 @@ def seed_job(args: argparse.Namespace, seed: int, points: list[tuple[str, int]],
         donors[name].load_state_dict(state)
     cfg = _config(args, seed)
     stream = task_stream(task_b, cfg)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    model = train_on_task(scratch_model(len(task_b), seed), task_b, cfg, stream=stream)
-    rows = [_row("baseB", None, seed, task_accuracy(model, task_b), start, cpu_start)]
+    rows = []
     for variant, n in points:
         start, cpu_start = time.perf_counter(), time.process_time()
-        model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
+        if variant == "baseB":
+            model = scratch_model(len(task_b), seed)
+        else:
+            model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
         train_on_task(model, task_b, cfg, stream=stream)
-        rows.append(_row(variant, n, seed, task_accuracy(model, task_b), start, cpu_start))
+        rows.append(_row(variant, n or None, seed, task_accuracy(model, task_b), start, cpu_start))
     return rows
 
 
 def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
-    """Both donors, then one job per seed; ``--jobs`` worker processes (one thread each) run them in parallel."""
+    """Both donors, then one job per seed and depth (and per seed for baseB); ``--jobs`` worker processes (one
+    thread each) run them in parallel. Every run seeds itself, so the numbers do not depend on the grouping."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
         donor_states = {}
         for name, state, rows in pool.map(donor_job, [args, args], ["A", "B"], [task_a, task_b]):
             donor_states[name] = state
             record(rows)
-        jobs = [pool.submit(seed_job, args, seed, points, task_b, donor_states) for seed in range(1, args.seeds + 1)]
+        groups = [[("baseB", 0)]] + [[p for p in points if p[1] == n] for n in args.depths]
+        jobs = [pool.submit(seed_job, args, seed, group, task_b, donor_states)
+                for seed in range(1, args.seeds + 1) for group in groups]  # fmt: skip
         for job in as_completed(jobs):
             record(job.result())
 
