@@ -21,7 +21,8 @@ Usage (from the repository root; ``make transferability``)::
 
 The results file (``benchmarks/results/<name>.json``, rewritten atomically after every run, so a partial grid is
 readable) records the command line, the git commit, the thread count per process, the number of processes and
-``os.getloadavg()`` at start and end (and the wall and CPU seconds and the 1-minute load of every run); ``<name>.csv`` holds mean and std per cell once the grid is complete.
+``os.getloadavg()`` at start and end (and the wall and CPU seconds and the 1-minute load of every run);
+``<name>.csv`` holds mean and std per cell once the grid is complete.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
-    p.add_argument("--jobs", type=int, default=6, help="worker processes (the donors, then seed x depth jobs, in parallel)")
+    p.add_argument("--jobs", type=int, default=6, help="worker processes (donors, then seed x depth jobs, in parallel)")
     p.add_argument("--name", default="transferability")
     p.add_argument("--results-dir", default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -78,9 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))  # fmt: skip
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()  # fmt: skip
+                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -106,8 +107,9 @@ def _write(result: dict[str, Any], path: str) -> None:
 
 
 def _row(variant: str, n: int | None, seed: int, acc: float, start: float, cpu_start: float) -> dict[str, Any]:
-    row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4), "seconds": round(time.perf_counter() - start, 2),
-           "cpu_seconds": round(time.process_time() - cpu_start, 2), "loadavg": round(os.getloadavg()[0], 2)}  # fmt: skip
+    row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4),
+           "seconds": round(time.perf_counter() - start, 2),
+           "cpu_seconds": round(time.process_time() - cpu_start, 2), "loadavg": round(os.getloadavg()[0], 2)}
     print(f"{variant:12s} n={n} seed={seed} acc={acc:.4f} ({row['seconds']} s, cpu {row['cpu_seconds']} s)", flush=True)
     return row
 
@@ -121,7 +123,7 @@ def donor_job(args: argparse.Namespace, name: str, task: tuple[str, ...]) -> tup
 
 
 def seed_job(args: argparse.Namespace, seed: int, points: list[tuple[str, int]], task_b: tuple[str, ...],
-             donor_states: dict[str, dict]) -> list[dict]:  # fmt: skip
+             donor_states: dict[str, dict]) -> list[dict]:
     """Some (variant, n) points for one seed (``("baseB", 0)``: from scratch), on that seed's stream of scenes."""
     torch.set_num_threads(args.threads)
     donors = {}
@@ -153,7 +155,7 @@ def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> Non
             record(rows)
         groups = [[("baseB", 0)]] + [[p for p in points if p[1] == n] for n in args.depths]
         jobs = [pool.submit(seed_job, args, seed, group, task_b, donor_states)
-                for seed in range(1, args.seeds + 1) for group in groups]  # fmt: skip
+                for seed in range(1, args.seeds + 1) for group in groups]
         for job in as_completed(jobs):
             record(job.result())
 
@@ -166,7 +168,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cells.setdefault((r["variant"], r["n"]), []).append(r["acc"])
     return [{"variant": v, "n": n, "mean": round(statistics.mean(a), 4),
              "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"), "seeds": len(a)}
-            for (v, n), a in cells.items()]  # fmt: skip
+            for (v, n), a in cells.items()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()},
         "args": vars(args), "task_a": task_a, "task_b": task_b, "stages": STAGES, "complete": False, "runs": [],
-    }  # fmt: skip
+    }
     t0 = time.perf_counter()
 
     def record(rows: list[dict[str, Any]]) -> None:

@@ -108,7 +108,8 @@ def test_shifts_keep_digits_labels_and_split():
     reference = target_dataset("test")
     for shift in SHIFTS:
         shifted = shifted_target("test", shift)
-        assert torch.equal(shifted.labels, reference.labels) and torch.equal(shifted.source_index, reference.source_index)
+        assert torch.equal(shifted.labels, reference.labels)
+        assert torch.equal(shifted.source_index, reference.source_index)
         assert shifted.images.shape == reference.images.shape
         assert 0 <= float(shifted.images.min()) and float(shifted.images.max()) <= 1
     assert torch.equal(shifted_target("test", "paper").images, reference.images)

@@ -70,10 +70,10 @@ def test_scratch_model_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     a, b = scratch_model(5, 0), scratch_model(5, 0)
     assert torch.equal(torch.rand(3), expected)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     torch.manual_seed(0)  # plain PyTorch: the same init as seeding the global RNG, then building the model
     plain = TinyResNet(num_classes=5)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), plain.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), plain.state_dict().values(), strict=True))
 
 
 @pytest.mark.parametrize("n", range(1, len(STAGES) + 1))

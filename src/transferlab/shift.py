@@ -82,17 +82,17 @@ def _check_adaptable(model: nn.Module) -> list[_BatchNorm]:
     layers = batchnorm_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers; AdaBN re-estimates BatchNorm "
-                         "statistics, so there is nothing to adapt (for other normalisations, fine-tune instead)")  # fmt: skip
+                         "statistics, so there is nothing to adapt (for other normalisations, fine-tune instead)")
     untracked = [name for name, m in layers if not m.track_running_stats]
     if untracked:
         raise ValueError(f"BatchNorm layers {untracked} have track_running_stats=False (no running statistics to "
-                         "re-estimate: they always normalise with the batch's own statistics)")  # fmt: skip
+                         "re-estimate: they always normalise with the batch's own statistics)")
     frozen = [name for name, m in layers if any(getattr(h, "__name__", "") == "_keep_in_eval"
-                                                for h in m._forward_pre_hooks.values())]  # fmt: skip
+                                                for h in m._forward_pre_hooks.values())]
     if frozen:
         raise ValueError(f"BatchNorm layers {frozen[:3]}{'...' if len(frozen) > 3 else ''} are frozen by "
                          "freeze_bn (kept in eval mode), so AdaBN could not update them; call "
-                         "transferlab.freeze.unfreeze_bn(model) first")  # fmt: skip
+                         "transferlab.freeze.unfreeze_bn(model) first")
     return [m for _, m in layers]
 
 
@@ -113,7 +113,7 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
     """
     layers = _check_adaptable(model)
     saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in layers]  # fmt: skip
+             for m in layers]
     was_training = model.training
     device = next(iter(model.buffers())).device
     model.eval()
@@ -129,15 +129,15 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
             seen += len(images)
         if seen == 0:
             raise ValueError("the loader yielded no images, so no statistics could be estimated (the model is "
-                             "unchanged); pass a non-empty loader of unlabelled target images")  # fmt: skip
+                             "unchanged); pass a non-empty loader of unlabelled target images")
     except BaseException:  # nothing half-adapted: put the old statistics back
-        for m, (_, mean, var, count) in zip(layers, saved):
+        for m, (_, mean, var, count) in zip(layers, saved, strict=True):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
         raise
     finally:
-        for m, (momentum, *_) in zip(layers, saved):
+        for m, (momentum, *_) in zip(layers, saved, strict=True):
             m.momentum = momentum
         model.train(was_training)
     return model
