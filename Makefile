@@ -127,3 +127,8 @@ benchmark-real-photos: install
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+## Notebook 09's grid, Yosinski et al. (2014) at small scale, 1 thread (benchmarks/results/transferability.*).
+.PHONY: transferability
+transferability: install
+	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs 6
