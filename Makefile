@@ -26,9 +26,10 @@ lab: install
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
-## Unit tests plus every notebook under nbval (the command CI runs).
+## Unit tests plus every notebook under nbval (the command CI runs): two workers (pytest-xdist), each notebook
+## whole on one worker (--dist loadfile), for the machine's 2 cores.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
