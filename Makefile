@@ -26,10 +26,9 @@ lab: install
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
-## Unit tests plus every notebook under nbval (the command CI runs): two workers (pytest-xdist), each notebook
-## whole on one worker (--dist loadfile), for the machine's 2 cores.
+## Unit tests plus every notebook under nbval (the command CI runs).
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 ## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
