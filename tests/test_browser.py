@@ -72,6 +72,8 @@ class Lab:
     def __init__(self, tmp: Path):
         self.dir, self.token, self.port = tmp / "notebooks", "transferlab-browser-test", _free_port()
         shutil.copytree(ROOT / "notebooks", self.dir, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        # notebooks 05, 08 and 09 read stored benchmark results from ../benchmarks/results, as in a checkout
+        shutil.copytree(ROOT / "benchmarks" / "results", tmp / "benchmarks" / "results")
         env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
                    JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
                    JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"))
@@ -159,14 +161,25 @@ def _run_all(page, name: str) -> None:
     """Run ▸ Run All Cells, then wait until every code cell has an execution count and the kernel is idle."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-    page.wait_for_function(
-        """() => {
-            const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
-            const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
-            const status = panel.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status;
-            return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))
-                && status === 'idle';
-        }""", timeout=TIMEOUT_MS)
+    try:
+        page.wait_for_function(
+            """() => {
+                const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+                const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
+                const status = panel.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status;
+                return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))
+                    && status === 'idle';
+            }""", timeout=TIMEOUT_MS)
+    except Exception:
+        _screenshot(page, name, "_timeout")
+        prompts = page.eval_on_selector_all(f"{PANEL} .jp-CodeCell .jp-InputPrompt",
+                                            "els => els.map(e => e.textContent.trim())")
+        status = page.eval_on_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator", "e => e.dataset.status")
+        pending = [(i, p) for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
+        errors = [t[-300:] for t in _output_texts(page) if re.search(r"\w+(Error|Exception)\b", t)]
+        pytest.fail(f"Run All did not finish in {TIMEOUT_MS // 1000} s: kernel {status!r}, code cells without an "
+                    f"execution count (index, prompt): {pending[:10]} of {len(prompts)}; outputs that name an "
+                    f"error (an untagged one stops Run All): {errors[-2:]}; screenshot in {SCREENSHOTS}")
 
 
 def _save_and_read(page, lab: Lab, name: str) -> nbformat.NotebookNode:
