@@ -26,9 +26,10 @@ lab: install
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
-## Unit tests plus every notebook under nbval (the command CI runs).
+## Unit tests plus every notebook under nbval (the command CI runs): two pytest-xdist workers, one per core; each
+## test file (so each notebook, whose cells share one kernel) runs whole on one worker.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
@@ -38,11 +39,11 @@ unit: install
 lint: install
 	$(BIN)/ruff check .
 
-## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel.
+## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel (one thread, as in `make test`).
 notebooks: install
 	@for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb"; \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 \
 			--ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
@@ -113,7 +114,7 @@ handouts: install
 
 ## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
 check-exercises: install
-	$(BIN)/python -m pytest tests/test_exercises.py -m exercises
+	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 2
 
 ## JupyterLab in headless Chromium (Debian's chromium; skipped with a reason where it is missing, fails in CI).
 check-browser: install

@@ -5,14 +5,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Test modules that start servers or other processes: marked `slow`, so `make unit` (`-m "not slow"`) leaves them out.
 SLOW_MODULES = {"test_lab.py"}  # starts JupyterLab
 
-# Under pytest-xdist (`-n 2`) every worker is its own process: one thread each keeps 2 workers on 2 cores.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# `make test` runs two pytest-xdist workers on 2 cores: one thread each, in the tests and in every process they
+# start. Notebook kernels inherit these variables before numpy and torch load, so OpenBLAS and OpenMP start one
+# thread too: two processes whose libraries each spin up a thread per core slow each other down many times over
+# (a notebook cell took 147 s instead of 9 s that way). The notebooks set one torch thread themselves.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+torch.set_num_threads(1)
+threadpool_limits(1)  # numpy's BLAS in this process, already loaded
 # The suite never touches the network: the environment report (and every notebook kernel, which inherits this
 # variable) then answers "offline" without trying to connect.
 os.environ["TRANSFERLAB_OFFLINE"] = "1"

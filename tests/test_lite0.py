@@ -202,33 +202,31 @@ def test_file_that_would_run_code(tmp_path):
         load_lite0_weights(timm.create_model("tf_efficientnet_lite0"), path, check_hash=False)
 
 
+def _refused(tmp_path, state_dict, name, error, match):
+    """Save ``state_dict`` as ``name``, load it into a fresh model: ``error`` matching ``match``, model unchanged."""
+    path = tmp_path / name
+    torch.save(state_dict, path)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    before = snapshot(model)
+    with pytest.raises(error, match=match) as info:
+        load_lite0_weights(model, path, check_hash=False)
+    assert_unchanged(model, before)
+    return info.value
+
+
 def test_wrong_name_in_file(tmp_path, file_state_dict):
     bad = dict(file_state_dict)
     bad["_blocks.3._dw_conv.weight"] = bad.pop("_blocks.3._depthwise_conv.weight")
-    path = tmp_path / "lite0_renamed.pth"
-    torch.save(bad, path)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    before = snapshot(model)
-    with pytest.raises(
-        WeightsFileError, match=r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight"
-    ):
-        load_lite0_weights(model, path, check_hash=False)
-    assert_unchanged(model, before)
+    _refused(tmp_path, bad, "lite0_renamed.pth", WeightsFileError,
+             r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight")
 
 
 def test_wrong_shape_in_file(tmp_path, file_state_dict):
     bad = dict(file_state_dict)
     bad["_fc.weight"], bad["_fc.bias"] = torch.zeros(10, 1280), torch.zeros(10)  # a 10-class head
-    path = tmp_path / "lite0_10_classes.pth"
-    torch.save(bad, path)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    before = snapshot(model)
-    with pytest.raises(
-        IncompleteLoadError, match=r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]"
-    ) as info:
-        load_lite0_weights(model, path, check_hash=False)
-    assert set(info.value.report.shape_mismatched) == {"classifier.weight", "classifier.bias"}
-    assert_unchanged(model, before)
+    error = _refused(tmp_path, bad, "lite0_10_classes.pth", IncompleteLoadError,
+                     r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]")
+    assert set(error.report.shape_mismatched) == {"classifier.weight", "classifier.bias"}
 
 
 def test_wrong_shape_through_load_matching_directly(file_state_dict):
