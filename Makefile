@@ -8,7 +8,7 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
-.PHONY: student clean-notebooks handouts check-exercises check-browser
+.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches
 
 install: $(VENV)/.installed
 
@@ -115,6 +115,10 @@ handouts: install
 ## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
 check-exercises: install
 	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 2
+
+## The torchrun launches of tests/test_distributed.py (2 processes each, about 15 s a launch; outside the suite).
+check-launches: install
+	$(BIN)/python -m pytest tests/test_distributed.py -m launches
 
 ## JupyterLab in headless Chromium (Debian's chromium; skipped with a reason where it is missing, fails in CI).
 check-browser: install

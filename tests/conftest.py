@@ -47,11 +47,13 @@ if os.environ.get("PYTHONPATH"):
     _paths = [str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(_paths)
 
-# Slow checks that run as their own step (`make check-exercises`, `make check-browser`, .ci/run), not in `pytest`:
+# Slow checks that run as their own step (`make check-exercises`, `make check-browser`, `make check-launches`, in
+# .ci/run), not in `pytest`:
 # they run when selected with `-m NAME` or when their file is named on the command line.
 OPT_IN_MARKERS = {
     "exercises": "executes each notebook's student edition: every self-check must fail on the stub (slow)",
     "browser": "drives JupyterLab in headless Chromium",
+    "launches": "launches real torchrun jobs (2 processes each, about 15 s a launch); notebook 11 launches some too",
 }
 
 

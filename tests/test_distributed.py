@@ -1,5 +1,8 @@
 """transferlab.distributed: the DDP fine-tuning script, launched for real with torchrun (2 CPU processes, gloo).
 
+The three torchrun launches are marked ``launches``: they run as their own step (`make check-launches`, .ci/run),
+outside the 5-minute suite, which still launches torchrun three times through notebook 11. The rest runs in it.
+
 Every launch is bounded (a subprocess timeout, a process-group timeout) and cleaned up: torchrun starts its workers
 in sessions of their own, so after each launch the test looks for any process still carrying the test's unique
 output path on its command line, and kills (then reports) it.
@@ -94,6 +97,7 @@ def _check_checkpoint(path: Path, world_size: int) -> dict:
     return checkpoint
 
 
+@pytest.mark.launches
 def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     out = tmp_path / "ddp.pt"
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST, "--out",
@@ -114,6 +118,7 @@ def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     assert acc == checkpoint["test_acc"], f"reloaded model scores {acc}, the run reported {checkpoint['test_acc']}"
 
 
+@pytest.mark.launches
 def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
     """Two torchrun launchers, one process each, as two machines would: same endpoint, same job id."""
     out = tmp_path / "nodes.pt"
@@ -128,6 +133,7 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
     _check_checkpoint(out, world_size=2)
 
 
+@pytest.mark.launches
 def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
     out = tmp_path / "never.pt"
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST,
