@@ -134,7 +134,7 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 ## Notebook 09's grid, Yosinski et al. (2014) at small scale, JOBS processes of 1 thread (benchmarks/results/transferability.*).
-## The numbers do not depend on JOBS (every run seeds itself); the committed results ran with JOBS=1 (about 50 min).
+## The numbers do not depend on JOBS (every run seeds itself); the committed results ran with JOBS=1 (2,131 s).
 JOBS ?= 2
 .PHONY: transferability
 transferability: install

@@ -15,7 +15,7 @@ SLOW_MODULES = {"test_lab.py"}  # starts JupyterLab
 # `make test` runs two pytest-xdist workers on 2 cores: one thread each, in the tests and in every process they
 # start. Notebook kernels inherit these variables before numpy and torch load, so OpenBLAS and OpenMP start one
 # thread too: two processes whose libraries each spin up a thread per core slow each other down many times over
-# (a notebook cell took 147 s instead of 9 s that way). The notebooks set one torch thread themselves.
+# (a notebook-08 cell took 147 s that way, 3.5 s with one thread each). The notebooks set one torch thread themselves.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 torch.set_num_threads(1)
