@@ -26,10 +26,10 @@ lab: install
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
-## Unit tests plus every notebook under nbval (the command CI runs): two pytest-xdist workers, one per core; each
-## test file (so each notebook, whose cells share one kernel) runs whole on one worker.
+## Unit tests plus every notebook under nbval (the command CI runs): three pytest-xdist workers on 2 cores (measured
+## 2026-12-01, a few commits apart: 306 s, against 321 s with two and 343 s with four); each test file (each notebook) runs whole on one worker.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 ## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
@@ -122,7 +122,7 @@ check-launches: install
 
 ## JupyterLab in headless Chromium (Debian's chromium; skipped with a reason where it is missing, fails in CI).
 check-browser: install
-	$(BIN)/python -m pytest tests/test_browser.py -m browser
+	$(BIN)/python -m pytest tests/test_browser.py tests/test_lab.py -m browser
 
 ## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
 .PHONY: benchmark-real-photos

@@ -1,6 +1,7 @@
 """The README's first command opens the course in JupyterLab: start it headless, list the notebooks, stop it.
 
 Started as `make lab` starts it, with the course's JupyterLab settings (jupyter-config/) on JUPYTER_CONFIG_PATH.
+It starts a server, so it runs with the browser test in its own step (`make check-browser`), outside the suite.
 """
 
 import json
@@ -12,7 +13,11 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from conftest import NOTEBOOKS, ROOT
+
+pytestmark = pytest.mark.browser
 
 
 def free_port() -> int:
