@@ -227,9 +227,13 @@ def compare(rows: list[dict], path: str) -> dict[str, object]:
         earlier = {(r["k"], r["seed"], r["run"]): r["acc"] for r in json.load(f)["runs"]}
     pairs = [(r, earlier.get((r["k"], r["seed"], r["run"]))) for r in rows]
     # accuracies are counts over the 1,000 test images: equal counts are the same result
-    same = [r["run"] for r, acc in pairs if acc is not None and round(1000 * acc) == round(1000 * r["acc"])]
-    differ = {r["run"]: [acc, r["acc"]] for r, acc in pairs if acc is not None and r["run"] not in same}
-    missing = [r["run"] for r, acc in pairs if acc is None]
+    # runs are named "seed S name": one name per seed would let a differing seed hide behind an identical one
+    label = "seed {} {}".format
+    same = [label(r["seed"], r["run"]) for r, acc in pairs
+            if acc is not None and round(1000 * acc) == round(1000 * r["acc"])]
+    differ = {label(r["seed"], r["run"]): [acc, r["acc"]] for r, acc in pairs
+              if acc is not None and label(r["seed"], r["run"]) not in same}
+    missing = [label(r["seed"], r["run"]) for r, acc in pairs if acc is None]
     return {"against": os.path.relpath(path), "identical": same, "different": differ, "missing": missing,
             "all_identical": not differ and not missing}
 
