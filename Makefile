@@ -8,7 +8,7 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
-.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches
+.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch
 
 install: $(VENV)/.installed
 
@@ -95,6 +95,10 @@ bench-rescue: install
 ## Feature-cache speed-up, several repeats (benchmarks/results/feature_cache.json).
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10 --repeats 5
+
+## Eval-mode forward time against the batch size, TinyResNet and Lite0, one thread (eval_batch_size.json).
+bench-batch: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batch_size.py
 
 ## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile), both must pass (benchmarks/results/suite_time.json).
 bench-suite: install
