@@ -100,7 +100,7 @@ bench-cache: install
 bench-batch: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batch_size.py
 
-## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile), both must pass (benchmarks/results/suite_time.json).
+## Whole suite serial vs pytest-xdist (-n 3 --dist loadfile, as make test), both must pass (benchmarks/results/suite_time.json).
 bench-suite: install
 	$(BIN)/python benchmarks/suite_time.py
 
