@@ -6,17 +6,22 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install lab test unit notebooks weights benchmarks clean lint \
+.PHONY: install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[course]"
+	$(BIN)/pip install -c constraints.txt -e ".[course]"
 	touch $@
+
+## Maintainers: rewrite constraints.txt (the lock) from what the .venv has installed, after changing a range.
+lock: install
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^transferlab'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## Open the course in JupyterLab at notebook 00 (extra options: make lab LAB_ARGS="--no-browser --port 8890").
 ## LAB_DIR=build/student opens the student edition instead (a copy outside git; run `make student` first).
@@ -52,17 +57,17 @@ notebooks: install
 weights: install
 	$(BIN)/python -m transferlab.pretrain
 
-## Speed benchmarks: feature caching, then every notebook and the whole suite (results in benchmarks/results/).
+## Speed benchmarks: feature caching, then every notebook and the whole suite (results in src/transferlab/results/).
 benchmarks: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10
 	$(BIN)/python benchmarks/notebook_times.py
 
-# Accuracy benchmarks (benchmarks/transfer_gain.py; one thread per run; results in benchmarks/results/).
+# Accuracy benchmarks (benchmarks/transfer_gain.py; one thread per run; results in src/transferlab/results/).
 TRANSFER = $(BIN)/python benchmarks/transfer_gain.py --threads 1
 
 ## The README table's k=5 row, 5 seeds, compared run by run with the full table's results.
 bench-transfer: install
-	$(TRANSFER) --ks 5 --name transfer_gain_k5 --compare benchmarks/results/transfer_gain.json
+	$(TRANSFER) --ks 5 --name transfer_gain_k5 --compare src/transferlab/results/transfer_gain.json
 
 ## The whole README table (6 values of k x 5 seeds): three parts in parallel, then merged.
 bench-table: install
@@ -70,7 +75,7 @@ bench-table: install
 	$(TRANSFER) --ks 50 all --scratch-lrs 3e-3 1e-2 --name part_b & \
 	$(TRANSFER) --ks 5 10 1 20 50 all --methods scratch --scratch-lrs 3e-2 --name part_c & \
 	wait
-	$(TRANSFER) --merge benchmarks/results/part_a.json benchmarks/results/part_b.json benchmarks/results/part_c.json
+	$(TRANSFER) --merge src/transferlab/results/part_a.json src/transferlab/results/part_b.json src/transferlab/results/part_c.json
 
 ## Ablation: pretrain without the digit-like letters (O l Z S b B g), transfer those weights at k=5 and 10.
 bench-ablation: install
@@ -85,14 +90,14 @@ bench-quiet: install
 
 ## Repeat check: k=5, seed 0 again; fails unless every accuracy equals the table's run (same machine, 1 thread).
 bench-repeat: install
-	$(TRANSFER) --ks 5 --seeds 1 --name repeat_check_t1 --compare benchmarks/results/transfer_gain.json --must-match
+	$(TRANSFER) --ks 5 --seeds 1 --name repeat_check_t1 --compare src/transferlab/results/transfer_gain.json --must-match
 
 ## The rescue attempts for from-scratch training (greyscale input, colour and shift augmentation), k=5 and 10.
 bench-rescue: install
 	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant grey --name rescue_grey
 	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant augment --name rescue_augment
 
-## Feature-cache speed-up, several repeats (benchmarks/results/feature_cache.json).
+## Feature-cache speed-up, several repeats (src/transferlab/results/feature_cache.json).
 bench-cache: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10 --repeats 5
 
@@ -100,7 +105,7 @@ bench-cache: install
 bench-batch: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batch_size.py
 
-## Whole suite serial vs pytest-xdist (-n 3 --dist loadfile, as make test), both must pass (benchmarks/results/suite_time.json).
+## Whole suite serial vs pytest-xdist (-n 3 --dist loadfile, as make test), both must pass (src/transferlab/results/suite_time.json).
 bench-suite: install
 	$(BIN)/python benchmarks/suite_time.py
 
@@ -128,7 +133,7 @@ check-launches: install
 check-browser: install
 	$(BIN)/python -m pytest tests/test_browser.py tests/test_lab.py -m browser
 
-## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (benchmarks/results/real_photos.*).
+## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (src/transferlab/results/real_photos.*).
 .PHONY: benchmark-real-photos
 benchmark-real-photos: install
 	$(BIN)/python benchmarks/real_photos.py
@@ -137,7 +142,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-## Notebook 09's grid, Yosinski et al. (2014) at small scale, JOBS processes of 1 thread (benchmarks/results/transferability.*).
+## Notebook 09's grid, Yosinski et al. (2014) at small scale, JOBS processes of 1 thread (src/transferlab/results/transferability.*).
 ## The numbers do not depend on JOBS (every run seeds itself); the committed results ran with JOBS=1 (2,131 s).
 JOBS ?= 2
 .PHONY: transferability

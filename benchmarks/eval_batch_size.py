@@ -8,7 +8,7 @@ those of the largest batch, so a faster batch size can be used without changing 
     PYTHONPATH=src python benchmarks/eval_batch_size.py            # make bench-batch
 
 Networks: TinyResNet (32x32 scenes, as in notebooks 05-11) and EfficientNet-Lite0 (96x96, as in notebook 08),
-both with their heads removed. Writes benchmarks/results/eval_batch_size.json with the run's provenance.
+both with their heads removed. Writes src/transferlab/results/eval_batch_size.json with the run's provenance.
 """
 
 from __future__ import annotations

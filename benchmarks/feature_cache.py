@@ -7,7 +7,7 @@ trains on the stored vectors (`train_head`). The speed-up is measured in one run
 
     PYTHONPATH=src python benchmarks/feature_cache.py --epochs 10 --repeats 5   # make bench-cache
 
-Writes benchmarks/results/feature_cache.json (every repeat, their median, and the run's provenance).
+Writes src/transferlab/results/feature_cache.json (every repeat, their median, and the run's provenance).
 Target: speed-up >= 0.8 x E.
 """
 

@@ -7,7 +7,7 @@ its outputs), then, unless --no-suite, the whole suite as `make test` runs it
     PYTHONPATH=src python benchmarks/notebook_times.py                 # every notebook + whole suite
     PYTHONPATH=src python benchmarks/notebook_times.py --no-suite notebooks/05_*.ipynb
 
-Writes benchmarks/results/notebook_times.json (merged with earlier results per notebook) and prints a
+Writes src/transferlab/results/notebook_times.json (merged with earlier results per notebook) and prints a
 table with wall time, CPU time and the 1-minute load average at the end of each run (wall times on a busy
 machine are inflated; CPU time is not). Targets: each notebook <= 60 s, whole suite < 300 s.
 """

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "src" / "transferlab" / "results"  # package data: notebooks read it through transferlab.results
 
 __all__ = ["ROOT", "RESULTS", "run_started", "run_info", "csv_header"]
 

@@ -20,14 +20,14 @@ first 500 scenes of the fixed test set, one scene of each held-out digit image),
 
 Usage (repository root)::
 
-    PYTHONPATH=src python benchmarks/real_photos.py              # full run -> benchmarks/results/real_photos.{json,md}
+    PYTHONPATH=src python benchmarks/real_photos.py              # full run -> src/transferlab/results/real_photos.{json,md}
     PYTHONPATH=src python benchmarks/real_photos.py --seeds 2 --digit-ks 5 --name quick   # a quick subset
     # or in parts, in parallel (one thread each; every run seeds itself, so the numbers do not depend on the grouping)
     PYTHONPATH=src python benchmarks/real_photos.py --parts photos --name rp_photos &
     PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 5 10 --name rp_digits_a &
     PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 50 --digit-seeds 0 --name rp_digits_b &
     ...; wait
-    PYTHONPATH=src python benchmarks/real_photos.py --merge benchmarks/results/rp_*.json
+    PYTHONPATH=src python benchmarks/real_photos.py --merge src/transferlab/results/rp_*.json
 
 The result file records the command line, the git commit, the thread count, the machine load and the time per image.
 """
@@ -61,7 +61,7 @@ from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.photos import TEXTURES, few_shot_indices, load_photo, photo_patches
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "src" / "transferlab" / "results"  # package data: notebooks read it through transferlab.results
 
 
 def lite0_extractor(weights: EfficientNetLite0_Weights | None, size: int) -> nn.Module:
@@ -215,7 +215,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", nargs="+", default=["photos", "digits"], choices=["photos", "digits"])
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge the runs of part files into one result")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--name", default="real_photos", help="results file stem in benchmarks/results/")
+    p.add_argument("--name", default="real_photos", help="results file stem in src/transferlab/results/")
     return p.parse_args(argv)
 
 

@@ -6,7 +6,7 @@ one kernel, as nbval needs. The suite counts as faster under xdist only if both 
     PYTHONPATH=src python benchmarks/suite_time.py              # make bench-suite; run it on a QUIET machine
     PYTHONPATH=src python benchmarks/suite_time.py --workers 2 --repeats 2   # another worker count, twice each
 
-Writes benchmarks/results/suite_time.json: wall and CPU seconds, outcome and pytest's summary line of every run,
+Writes src/transferlab/results/suite_time.json: wall and CPU seconds, outcome and pytest's summary line of every run,
 the serial/xdist ratio, and the provenance (command, commit, load average).
 """
 

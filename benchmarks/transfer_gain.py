@@ -18,21 +18,21 @@ the command, the commit, the thread count and the load average (see ``benchmarks
 
 Usage (from the repository root, with ``PYTHONPATH=src``; the Makefile's ``bench-*`` targets run the committed ones)::
 
-    python benchmarks/transfer_gain.py --threads 1                     # everything: benchmarks/results/transfer_gain.*
+    python benchmarks/transfer_gain.py --threads 1                     # everything: src/transferlab/results/transfer_gain.*
     python benchmarks/transfer_gain.py --ks 5 --threads 1 --name transfer_gain_k5 \\
-        --compare benchmarks/results/transfer_gain.json                  # the README's k=5 row (make bench-transfer)
+        --compare src/transferlab/results/transfer_gain.json                  # the README's k=5 row (make bench-transfer)
     # parts can run in parallel (one thread each) and be merged; every run seeds itself, so the numbers do not
     # depend on how the runs are grouped (the committed results were made as part_a, part_b, part_c this way)
     python benchmarks/transfer_gain.py --ks 1 5 10 20 --threads 1 --name part_a &
     python benchmarks/transfer_gain.py --ks 50 all --threads 1 --name part_b; wait
-    python benchmarks/transfer_gain.py --merge benchmarks/results/part_a.json benchmarks/results/part_b.json
+    python benchmarks/transfer_gain.py --merge src/transferlab/results/part_a.json src/transferlab/results/part_b.json
     # ablation (make bench-ablation): pretrain without the digit-like letters, then transfer those weights
     python -m transferlab.pretrain --exclude OlZSbBg --threads 1 --out /tmp/ablation.pt
     python benchmarks/transfer_gain.py --ks 5 10 --methods features finetune --weights /tmp/ablation.pt --threads 1
     python benchmarks/transfer_gain.py --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 0.01 --scratch-variant grey
     # repeat check (make bench-repeat): rerun k=5, seed 0 and compare every accuracy with the table's run
     python benchmarks/transfer_gain.py --ks 5 --seeds 1 --threads 1 --name repeat_check_t1 \\
-        --compare benchmarks/results/transfer_gain.json --must-match
+        --compare src/transferlab/results/transfer_gain.json --must-match
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def parse_args(argv=None):
     p.add_argument("--weights", default=None, help="a state_dict file to transfer instead of the shipped weights "
                    "(e.g. from `python -m transferlab.pretrain --exclude ... --out FILE`)")
     p.add_argument("--threads", type=int, default=1, help="torch (and scikit-learn) CPU threads")
-    p.add_argument("--name", default="transfer_gain", help="results file stem in benchmarks/results/")
+    p.add_argument("--name", default="transfer_gain", help="results file stem in src/transferlab/results/")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="no training: combine the runs of earlier results files (e.g. parts run in parallel)")
     p.add_argument("--compare", default=None, metavar="JSON",

@@ -24,7 +24,7 @@ Usage (from the repository root; ``make transferability``)::
     PYTHONPATH=src python benchmarks/transferability.py --donor-steps 3 --steps 2 --seeds 2 --depths 1 5 \
         --results-dir /tmp                                       # smoke test
 
-The results file (``benchmarks/results/<name>.json``, rewritten atomically after every run, so a partial grid is
+The results file (``src/transferlab/results/<name>.json``, rewritten atomically after every run, so a partial grid is
 readable) records the command line, the git commit, the thread count per process, the number of processes and
 ``os.getloadavg()`` at start and end (and the wall and CPU seconds and the 1-minute load of every run);
 ``<name>.csv`` holds mean and std per cell once the grid is complete.
@@ -60,7 +60,7 @@ from transferlab.transferability import (
     transfer_model,
 )
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "transferlab", "results")
 VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
 
 

@@ -72,8 +72,6 @@ class Lab:
     def __init__(self, tmp: Path):
         self.dir, self.token, self.port = tmp / "notebooks", "transferlab-browser-test", _free_port()
         shutil.copytree(ROOT / "notebooks", self.dir, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        # notebooks 05, 08 and 09 read stored benchmark results from ../benchmarks/results, as in a checkout
-        shutil.copytree(ROOT / "benchmarks" / "results", tmp / "benchmarks" / "results")
         env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
                    JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
                    JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"))

@@ -7,13 +7,15 @@ import platform
 import random
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "network_available", "EnvReport", "environment_report"]
+__all__ = ["seed_everything", "get_device", "num_threads", "network_available", "EnvReport", "environment_report"]
 
 # A host that serves torchvision's pretrained weights: reaching it means the ImageNet track can download.
 WEIGHTS_HOST = ("download.pytorch.org", 443)
@@ -54,6 +56,31 @@ def get_device(prefer: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextmanager
+def num_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads, then restore the previous count.
+
+    Results that a lesson compares exactly depend on the thread count (a matrix product summed in another
+    order rounds differently), so such cells fix it, and the rest of the notebook keeps the machine's default.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with num_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
+    if n < 1:
+        raise ValueError(f"num_threads needs a positive thread count, got {n}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def network_available(host: tuple[str, int] = WEIGHTS_HOST, timeout: float = 2.0) -> bool:
