@@ -1,5 +1,6 @@
 """Student, clean and handout editions, on a fixture notebook in the course's exercise format and on the course."""
 
+import copy
 import re
 
 import nbformat
@@ -21,6 +22,7 @@ from transferlab.editions import (
     stub_run_problems,
     stub_solutions,
     student_notebook,
+    with_wrong_answers,
 )
 
 from conftest import NOTEBOOKS
@@ -173,6 +175,20 @@ def test_stub_run_problems_names_a_self_check_that_does_not_assert(executed):
     ]
     ran.cells[6].outputs = []  # a self-check that passes on the stub
     assert "cell 6 (self-check): expected an AssertionError with a message, found no error" in stub_run_problems(ran)
+
+
+def test_wrong_answers_run_after_the_stub_and_their_self_checks_must_fail(executed, tmp_path):
+    nb = copy.deepcopy(executed)
+    # Exercise 1: a constant the self-check rejects, and a wrong answer it lets through (the negative control)
+    nb.cells[5].metadata["transferlab"] = {"wrong_answers": ["square = 0", "square = base * base"]}
+    student = with_wrong_answers(student_notebook(nb, "abc1234"))
+    tags = [c.metadata.get("tags", []) for c in student.cells[7:11]]
+    assert tags == [["wrong-answer"], ["wrong-answer-check"], ["wrong-answer"], ["wrong-answer-check"]], tags
+    problems = stub_run_problems(execute(student, tmp_path))
+    assert problems == ["cell 10 (self-check after a wrong answer): expected an AssertionError with a message, "
+                        "found no error: the self-check passes a wrong answer"], problems
+    nb.cells[5].metadata["transferlab"] = {"wrong_answers": ["square = (("]}
+    assert any("wrong answer in its metadata is not valid" in p for p in format_problems(nb))
 
 
 def test_make_student_keeps_a_learners_work(executed, tmp_path, monkeypatch, capsys):

@@ -44,11 +44,14 @@ __all__ = [
     "student_notebook",
     "stub_run_problems",
     "stub_solutions",
+    "with_wrong_answers",
+    "wrong_answers",
 ]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 SOLUTION_TAG, CHECK_TAG = "solution", "self-check"
+WRONG_TAG, WRONG_CHECK_TAG = "wrong-answer", "wrong-answer-check"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOK_LINK = re.compile(r"\]\((\d\d_[^)\s#]+)\.ipynb(#[^)\s]*)?\)")
 EXERCISE_PROMPT = re.compile(r"^\*\*Exercise (\d+)\.", re.M)  # "**Exercise 1.** ..." or "**Exercise 1. Title**"
@@ -153,10 +156,52 @@ def format_problems(nb: NotebookNode) -> list[str]:
         else:
             problems.append(f"cell {solution}: no '**Exercise N.** ...' markdown prompt above this solution cell")
         problems.extend(f"cell {check}: {problem}" for problem in _check_problems(nb.cells[check].source))
+        try:
+            for answer in wrong_answers(nb.cells[solution]):
+                ast.parse(answer)
+        except (ValueError, SyntaxError) as err:
+            problems.append(f"cell {solution}: a wrong answer in its metadata is not valid ({err})")
         previous = check + 1
     if numbers != list(range(1, len(numbers) + 1)):
         problems.append(f"exercises are numbered {numbers}; expected 1, 2, ... in order")
     return problems
+
+
+def wrong_answers(cell: NotebookNode) -> list[str]:
+    """The deliberately wrong answers stored with a solution cell (``metadata.transferlab.wrong_answers``).
+
+    Each is code a learner might plausibly write (a constant, a copy of the input, a recipe with one step
+    missing); the stub run executes it in place of the solution and expects the self-check to fail on it.
+
+    Example:
+        >>> cell = nbformat.v4.new_code_cell("x = 1", metadata={"transferlab": {"wrong_answers": ["x = 0"]}})
+        >>> wrong_answers(cell)
+        ['x = 0']
+    """
+    answers = cell.get("metadata", {}).get("transferlab", {}).get("wrong_answers", [])
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise ValueError("metadata.transferlab.wrong_answers must be a list of code strings")
+    return list(answers)
+
+
+def with_wrong_answers(nb: NotebookNode) -> NotebookNode:
+    """A copy of ``nb`` where each self-check is followed by every wrong answer and the self-check again.
+
+    The inserted cells are tagged ``wrong-answer`` (must run) and ``wrong-answer-check`` (must fail with an
+    ``AssertionError``): `stub_run_problems` checks both.
+
+    Example:
+        >>> with_wrong_answers(nbformat.v4.new_notebook()).cells
+        []
+    """
+    nb = copy.deepcopy(nb)
+    for solution, check in reversed(exercise_cells(nb)):
+        inserted = []
+        for answer in wrong_answers(nb.cells[solution]):
+            inserted.append(nbformat.v4.new_code_cell(answer, metadata={"tags": [WRONG_TAG]}))
+            inserted.append(nbformat.v4.new_code_cell(nb.cells[check].source, metadata={"tags": [WRONG_CHECK_TAG]}))
+        nb.cells[check + 1:check + 1] = inserted
+    return nb
 
 
 def _check_problems(source: str) -> list[str]:
@@ -226,8 +271,8 @@ def stub_run_problems(ran: NotebookNode) -> list[str]:
     """What is wrong with an executed student edition (empty when all is right).
 
     Right means: each solution cell stops at its stub (``NotImplementedError``); each self-check fails
-    with an ``AssertionError`` that carries a message; no other cell fails, except one tagged
-    ``raises-exception``.
+    with an ``AssertionError`` that carries a message; each wrong answer inserted by `with_wrong_answers`
+    runs and its self-check fails the same way; no other cell fails, except one tagged ``raises-exception``.
 
     Example:
         >>> stub_run_problems(execute(student_notebook(nb, "abc1234"), Path("notebooks")))  # doctest: +SKIP
@@ -243,6 +288,16 @@ def stub_run_problems(ran: NotebookNode) -> list[str]:
             continue
         errors = [o for o in cell.outputs if o.output_type == "error"]
         found = f"{errors[0].ename}: {errors[0].evalue}" if errors else "no error"
+        tags = _tags(cell)
+        if WRONG_TAG in tags:
+            if errors:
+                problems.append(f"cell {i} (wrong answer): the wrong answer itself failed ({found}); it must run")
+            continue
+        if WRONG_CHECK_TAG in tags:
+            if not (errors and errors[0].ename == "AssertionError" and errors[0].evalue.strip()):
+                problems.append(f"cell {i} (self-check after a wrong answer): expected an AssertionError with a "
+                                f"message, found {found}: the self-check passes a wrong answer")
+            continue
         if i in solutions and not (errors and errors[0].ename == "NotImplementedError"):
             problems.append(f"cell {i} (solution): expected the stub's NotImplementedError, found {found}")
         elif i in checks and not (errors and errors[0].ename == "AssertionError" and errors[0].evalue.strip()):
