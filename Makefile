@@ -8,7 +8,8 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
-.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch
+.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
+	check-python312 check-python313
 
 install: $(VENV)/.installed
 
@@ -128,6 +129,15 @@ check-exercises: install
 ## The torchrun launches of tests/test_distributed.py (2 processes each, about 15 s a launch; outside the suite).
 check-launches: install
 	$(BIN)/python -m pytest tests/test_distributed.py -m launches
+
+## Python 3.12: a fresh venv outside the checkout, the README's command, then the unit tests and notebook 09 there.
+check-python312:
+	bash .ci/check-python 3.12 editable
+
+## Python 3.13: the built wheel in a fresh venv outside the checkout (weights load, stored results found), then the
+## unit tests against the installed package and notebook 09 from a folder that is not the checkout.
+check-python313:
+	bash .ci/check-python 3.13 wheel
 
 ## JupyterLab in headless Chromium (Debian's chromium; skipped with a reason where it is missing, fails in CI).
 check-browser: install

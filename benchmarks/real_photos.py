@@ -20,7 +20,7 @@ first 500 scenes of the fixed test set, one scene of each held-out digit image),
 
 Usage (repository root)::
 
-    PYTHONPATH=src python benchmarks/real_photos.py              # full run -> src/transferlab/results/real_photos.{json,md}
+    PYTHONPATH=src python benchmarks/real_photos.py  # full run -> src/transferlab/results/real_photos.*
     PYTHONPATH=src python benchmarks/real_photos.py --seeds 2 --digit-ks 5 --name quick   # a quick subset
     # or in parts, in parallel (one thread each; every run seeds itself, so the numbers do not depend on the grouping)
     PYTHONPATH=src python benchmarks/real_photos.py --parts photos --name rp_photos &

@@ -18,9 +18,9 @@ the command, the commit, the thread count and the load average (see ``benchmarks
 
 Usage (from the repository root, with ``PYTHONPATH=src``; the Makefile's ``bench-*`` targets run the committed ones)::
 
-    python benchmarks/transfer_gain.py --threads 1                     # everything: src/transferlab/results/transfer_gain.*
+    python benchmarks/transfer_gain.py --threads 1  # everything: src/transferlab/results/transfer_gain.*
     python benchmarks/transfer_gain.py --ks 5 --threads 1 --name transfer_gain_k5 \\
-        --compare src/transferlab/results/transfer_gain.json                  # the README's k=5 row (make bench-transfer)
+        --compare src/transferlab/results/transfer_gain.json  # the README's k=5 row (make bench-transfer)
     # parts can run in parallel (one thread each) and be merged; every run seeds itself, so the numbers do not
     # depend on how the runs are grouped (the committed results were made as part_a, part_b, part_c this way)
     python benchmarks/transfer_gain.py --ks 1 5 10 20 --threads 1 --name part_a &

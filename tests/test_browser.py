@@ -2,8 +2,9 @@
 
 Runs as its own step (`make check-browser`, .ci/run). It needs Debian's `chromium` (`apt-get install chromium`) and
 the `playwright` package (its own browser download is not used). Without them the test is skipped with the reason;
-with `CI=true` it fails instead. JupyterLab serves a copy of the notebooks, so nothing in the checkout changes.
-Screenshots go to build/screenshots/.
+with `CI=true` it fails instead. JupyterLab serves the student edition, built into a folder of its own as
+`make student` builds it, so nothing in the checkout changes and the edition a class gets is the one tested: each
+notebook's lesson must run to its first exercise, which stops at its stub. Screenshots go to build/screenshots/.
 """
 
 import json
@@ -20,7 +21,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from transferlab.editions import handout_html
+from transferlab.editions import SOLUTION_TAG, build, handout_html
 
 from conftest import NOTEBOOKS, ROOT
 
@@ -32,6 +33,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1280, "height": 900}
 SCREENSHOTS = ROOT / "build" / "screenshots"
 TRAINING_NOTEBOOK = "05_finetune_vs_feature_extraction.ipynb"
+# Run All in the student edition, beside 00 and 05: notebooks that read stored results (08, 09) and the capstone (12)
+RUN_ALL = [p.name for p in NOTEBOOKS if p.name[:2] in {"08", "09", "12"}]
 RAISES_TAGS = {"raises-exception", "nbval-raises-exception"}
 # generous waits: a loaded CI machine can be slow to start kernels (the test's own time is what the budget counts)
 TIMEOUT_MS = int(float(os.environ.get("BROWSER_TIMEOUT_S", "240")) * 1000)
@@ -70,8 +73,8 @@ class Lab:
     """A JupyterLab server on a copy of the notebooks, started as `make lab` does (same course settings)."""
 
     def __init__(self, tmp: Path):
-        self.dir, self.token, self.port = tmp / "notebooks", "transferlab-browser-test", _free_port()
-        shutil.copytree(ROOT / "notebooks", self.dir, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        self.dir, self.token, self.port = tmp / "student", "transferlab-browser-test", _free_port()
+        build("student", NOTEBOOKS, self.dir, commit="browser-test")  # what `make student` writes to build/student
         env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
                    JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
                    JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"))
@@ -156,17 +159,22 @@ def _wait_until_idle(page, name: str) -> None:
 
 
 def _run_all(page, name: str) -> None:
-    """Run ▸ Run All Cells, then wait until every code cell has an execution count and the kernel is idle."""
+    """Run ▸ Run All Cells, then wait until the kernel is idle and every code cell has run, or the run stopped at
+    the first exercise's stub (Run All stops at an error, and the student edition's first stub is one)."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
     try:
         page.wait_for_function(
             """() => {
                 const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+                const ran = p => /^\\[\\d+\\]:$/.test(p.textContent.trim());
                 const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
                 const status = panel.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status;
-                return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p.textContent.trim()))
-                    && status === 'idle';
+                const stub = Array.from(panel.querySelectorAll('.jp-CodeCell'))
+                    .find(c => c.querySelector('.jp-InputArea').textContent.includes('raise NotImplementedError()'));
+                const busy = prompts.some(p => p.textContent.trim() === '[*]:');
+                return prompts.length > 0 && status === 'idle' && !busy
+                    && (prompts.every(ran) || (stub && ran(stub.querySelector('.jp-InputPrompt'))));
             }""", timeout=TIMEOUT_MS)
     except Exception:
         _screenshot(page, name, "_timeout")
@@ -214,11 +222,24 @@ def _broken_images(page) -> tuple[int, list[str]]:
 
 
 def _errors_in(nb: nbformat.NotebookNode) -> list[str]:
+    """Errors of a student edition after Run All: none before the first exercise, which must stop at its stub.
+
+    Run All stops at the first error, so the first solution cell's NotImplementedError ends the run there.
+    """
     found = []
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and not set(cell.metadata.get("tags", [])) & RAISES_TAGS:
-            found += [f"cell {i}: {o.ename}: {o.evalue}" for o in cell.outputs if o.output_type == "error"]
-    return found
+        if cell.cell_type != "code":
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if SOLUTION_TAG in cell.metadata.get("tags", []):
+            if not (errors and errors[0].ename == "NotImplementedError"):
+                found.append(f"cell {i}: the first exercise did not stop at its stub (ran: {cell.execution_count})")
+            return found
+        if not set(cell.metadata.get("tags", [])) & RAISES_TAGS:
+            found += [f"cell {i}: {o.ename}: {o.evalue}" for o in errors]
+        if cell.execution_count is None:
+            found.append(f"cell {i} never ran")
+    return found + ["no exercise found"]
 
 
 def _toasts(page) -> list[str]:
@@ -293,6 +314,18 @@ def test_training_notebook_runs_and_shows_its_progress_bar_as_a_widget(page, lab
     _screenshot(page, name, "")
     lab.shut_down_kernels()
     assert not stale, f"on open, a stored progress bar showed a state training never ended in: {stale}"
+
+
+@pytest.mark.parametrize("name", RUN_ALL)
+def test_student_edition_runs_to_its_first_exercise(page, lab, name):
+    _open(page, lab, name)
+    _run_all(page, name)
+    ran = _save_and_read(page, lab, name)
+    assert not _errors_in(ran), _errors_in(ran)
+    count, broken = _broken_images(page)
+    assert count >= 1 and not broken, (count, broken)
+    _screenshot(page, name, "")
+    lab.shut_down_kernels()
 
 
 def test_a_handout_shows_its_images(page, tmp_path):

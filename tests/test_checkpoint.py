@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from transferlab import serialization
 from transferlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from transferlab.serialization import WeightsFileError, WeightsNotFoundError
+from transferlab.serialization import WeightsDeviceError, WeightsFileError, WeightsNotFoundError
 from transferlab.training import train_one_epoch
 
 
@@ -196,3 +196,13 @@ def test_checkpoint_loads_with_plain_torch_load_weights_only(tmp_path):
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "best_acc"} <= raw.keys()
     assert raw["epoch"] == 3
     assert isinstance(raw["rng"]["numpy"]["keys"], torch.Tensor) and isinstance(raw["rng"]["python"]["state"], list)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_map_location_cuda_on_a_cpu_machine_is_a_device_error_not_a_corrupt_file(tmp_path):
+    model = nn.Linear(2, 2)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    with pytest.raises(WeightsDeviceError, match=r"map_location='cuda' asks for a CUDA device, which this machine "
+                                                 r"does not have; nothing was read\. Fix: .*map_location='cpu'"):
+        load_checkpoint(model, path, map_location="cuda")
+    load_checkpoint(model, path, map_location="cpu")  # the same file is fine

@@ -20,6 +20,7 @@ from transferlab.lite0 import (
     remap_lite0_state_dict,
 )
 from transferlab.loading import load_matching
+from transferlab.models import tiny_resnet
 from transferlab.photos import load_photo
 from transferlab.serialization import IncompleteLoadError, WeightsFileError, WeightsNotFoundError
 
@@ -239,3 +240,11 @@ def test_wrong_shape_through_load_matching_directly(file_state_dict):
     assert_unchanged(model, before)
     report = load_matching(model, remapped, strict=True, exclude=("classifier.",))
     assert len(report.loaded) == 294 and report.excluded == ["classifier.weight", "classifier.bias"]
+
+
+@pytest.mark.parametrize("builder, enum", [(efficientnet_lite0, "EfficientNetLite0_Weights"),
+                                           (tiny_resnet, "TinyResNet_Weights")])
+def test_a_weights_name_that_does_not_exist_gets_one_message_shape(builder, enum):
+    with pytest.raises(ValueError, match=rf"unknown weights 'IMAGENET' for {builder.__name__}; use one of None, .*"
+                                         rf"'DEFAULT' or a {enum} member, e\.g\. {builder.__name__}\(weights={enum}"):
+        builder(weights="IMAGENET")

@@ -1,6 +1,7 @@
 """TinyResNet and its shipped pretrained weights."""
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from transferlab import models
 from transferlab.data import source_dataset
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.pretrain import PretrainConfig, pretrain
-from transferlab.serialization import WeightsNotFoundError, save_file
+from transferlab.serialization import WeightsFileError, WeightsNotFoundError, file_sha256, save_file
 
 
 def test_module_names_match_torchvision_resnet():
@@ -103,3 +104,25 @@ def test_pretraining_same_seed_is_bit_identical(tmp_path):
     assert save_file(a, tmp_path / "a.pt").read_bytes() == save_file(b, tmp_path / "b.pt").read_bytes()
     c = pretrain(PretrainConfig(steps=3, batch_size=16, glyphs_per_class=2, seed=2), log_every=0).state_dict()
     assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_an_altered_weights_file_is_refused_before_unpickling(monkeypatch, tmp_path):
+    altered = tmp_path / "tiny_resnet_letters_v1.pt"
+    altered.write_bytes(Path(TinyResNet_Weights.DEFAULT.url).read_bytes())
+    with altered.open("r+b") as f:  # one byte changed deep inside the archive
+        f.seek(altered.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setattr(TinyResNet_Weights.LETTERS_V1.value, "url", str(altered))
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a) or {})
+    with pytest.raises(WeightsFileError, match=r"tiny_resnet_letters_v1\.pt is not the released file: its SHA-256 .*"
+                                               r"Fix: reinstall transferlab"):
+        tiny_resnet(weights="DEFAULT")
+    assert unpickled == [], "the file must be refused before torch.load reads it"
+
+
+def test_the_shipped_file_matches_its_recorded_sha256():
+    weights = TinyResNet_Weights.DEFAULT
+    assert file_sha256(weights.url) == weights.meta["sha256"], "rebuild: python -m transferlab.pretrain"

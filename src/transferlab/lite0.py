@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -32,13 +31,19 @@ from typing import Any
 import timm
 import torch
 from torch import nn
-from torchvision.models import EfficientNet_B0_Weights
-from torchvision.models._api import Weights, WeightsEnum
+from torchvision.models import EfficientNet_B0_Weights, Weights, WeightsEnum
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from transferlab.loading import LoadReport, load_matching
-from transferlab.serialization import IncompleteLoadError, WeightsFileError, WeightsNotFoundError, load_state_dict_file
+from transferlab.serialization import (
+    IncompleteLoadError,
+    WeightsFileError,
+    WeightsNotFoundError,
+    check_sha256,
+    load_state_dict_file,
+    verify_weights,
+)
 
 __all__ = [
     "LITE0_KEY_RULES",
@@ -165,14 +170,6 @@ def lite0_weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(partial(f.read, 1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_lite0_file(
     path: str | os.PathLike | None = None, *, check_hash: bool = True
 ) -> OrderedDict[str, torch.Tensor]:
@@ -191,14 +188,8 @@ def read_lite0_file(
     """
     path = lite0_weights_path() if path is None else Path(path)
     if check_hash and path.is_file():
-        found = _sha256(path)
-        if found != WEIGHTS_SHA256:
-            raise WeightsFileError(
-                f"{path} is not the released Lite0 weights file: its SHA-256 is {found[:16]}..., expected "
-                f"{WEIGHTS_SHA256[:16]}... ({path.stat().st_size} bytes). It was changed, truncated or damaged, and "
-                f"was not read. Fix: reinstall the package ({INSTALL_HINT}); for weights of your own in this naming, "
-                "pass check_hash=False."
-            )
+        check_sha256(path, WEIGHTS_SHA256, fix=f"reinstall the package ({INSTALL_HINT}); for weights of your own in "
+                     "this naming, pass check_hash=False.")
     return load_state_dict_file(path)  # weights_only=True; says what is wrong with a missing or damaged file
 
 
@@ -292,7 +283,7 @@ def efficientnet_lite0(
         >>> efficientnet_lite0(num_classes=4)(torch.zeros(1, 3, 64, 64)).shape
         torch.Size([1, 4])
     """
-    weights = EfficientNetLite0_Weights.verify(weights)
+    weights = verify_weights(EfficientNetLite0_Weights, weights, "efficientnet_lite0")
     if weights is None:
         return timm.create_model(TIMM_NAME, pretrained=False, num_classes=1000 if num_classes is None else num_classes)
     n_categories = len(weights.meta["categories"])

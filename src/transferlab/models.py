@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models._api import Weights, WeightsEnum
+from torchvision.models import Weights, WeightsEnum
 from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.transforms import Normalize
 
-from transferlab.serialization import WeightsNotFoundError, load_state_dict_file
+from transferlab.serialization import WeightsNotFoundError, check_sha256, load_state_dict_file, verify_weights
 
 __all__ = ["TinyResNet", "TinyResNet_Weights", "tiny_resnet", "WEIGHTS_DIR", "NORM_MEAN", "NORM_STD"]
 
@@ -89,23 +89,14 @@ class TinyResNet_Weights(WeightsEnum):
     DEFAULT = LETTERS_V1
 
     def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Load the shipped checkpoint through the safe reader (``weights_only=True``); no network involved."""
+        """The shipped checkpoint, its SHA-256 checked before it is unpickled, read with ``weights_only=True``."""
         if not os.path.exists(self.url):
             raise WeightsNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
                                        f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")
+        if "sha256" in self.meta:  # written by the build, next to the checkpoint
+            check_sha256(self.url, self.meta["sha256"], fix=f"reinstall transferlab (pip install --force-reinstall "
+                         f"transferlab), or rebuild the weights with `{REBUILD_COMMAND}`.")
         return load_state_dict_file(self.url)
-
-
-def _verify(weights: TinyResNet_Weights | str | None) -> TinyResNet_Weights | None:
-    """``TinyResNet_Weights.verify`` with an error that names the valid choices."""
-    try:
-        return TinyResNet_Weights.verify(weights)
-    except KeyError:
-        choices = ", ".join(["None", *(repr(name) for name in TinyResNet_Weights.__members__)])
-        raise ValueError(
-            f"unknown weights {weights!r} for tiny_resnet; use one of {choices} or a TinyResNet_Weights member, "
-            "e.g. tiny_resnet(weights=TinyResNet_Weights.DEFAULT)"
-        ) from None
 
 
 def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: int | None = None) -> TinyResNet:
@@ -124,7 +115,7 @@ def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: in
         >>> model(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
-    weights = _verify(weights)
+    weights = verify_weights(TinyResNet_Weights, weights, "tiny_resnet")
     if weights is None:
         return TinyResNet(num_classes=52 if num_classes is None else num_classes)
     n_categories = len(weights.meta["categories"])

@@ -27,7 +27,7 @@ from torchvision.transforms import Normalize
 from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, source_glyphs
 from transferlab.env import seed_everything
 from transferlab.models import NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet, TinyResNet_Weights
-from transferlab.serialization import atomic_open, save_file
+from transferlab.serialization import atomic_open, file_sha256, save_file
 from transferlab.training import train_steps
 
 __all__ = ["PretrainConfig", "pretrain", "source_accuracy", "main"]
@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = os.path.abspath(cfg.out)
     save_file(model.state_dict(), out)  # atomic; the same weights always give the same bytes
     meta = _metadata(cfg, model, accuracy, seconds, classes)
+    meta["sha256"] = file_sha256(out)  # checked before the file is unpickled (TinyResNet_Weights.get_state_dict)
     meta_path = os.path.splitext(out)[0] + ".json"
     with atomic_open(meta_path) as f:
         f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))

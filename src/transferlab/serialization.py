@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -28,17 +29,20 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 from torch import nn
+from torchvision.models import WeightsEnum
 
 __all__ = [
     "WeightsError",
     "WeightsFileError",
     "WeightsNotFoundError",
     "IncompleteLoadError",
+    "WeightsDeviceError",
     "NESTED_KEYS",
     "atomic_open",
     "save_file",
@@ -46,6 +50,10 @@ __all__ = [
     "load_state_dict_file",
     "unsafe_globals",
     "unwrap_checkpoint",
+    "file_sha256",
+    "check_sha256",
+    "check_map_location",
+    "verify_weights",
 ]
 
 # Keys under which training scripts commonly nest the model's state_dict inside a checkpoint dict.
@@ -62,6 +70,10 @@ class WeightsFileError(WeightsError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """No weights file at the path, or the weights are not in the cache and cannot be downloaded now."""
+
+
+class WeightsDeviceError(WeightsError):
+    """``map_location`` names a device this machine does not have (e.g. ``"cuda"`` on a CPU-only laptop)."""
 
 
 class IncompleteLoadError(WeightsError):
@@ -264,6 +276,80 @@ def _damage(path: Path) -> str | None:
     return None
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks (``hashlib.file_digest`` needs Python 3.11).
+
+    Example:
+        >>> file_sha256(os.devnull)[:16]
+        'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(partial(f.read, 1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, fix: str) -> None:
+    """Refuse a file whose SHA-256 is not ``expected``, before anything reads (or unpickles) it.
+
+    Raises:
+        WeightsFileError: the digest differs; the message names the file, both digests and ``fix``.
+    """
+    path = Path(path)
+    found = file_sha256(path)
+    if found != expected:
+        raise WeightsFileError(
+            f"{path} is not the released file: its SHA-256 is {found[:16]}..., expected {expected[:16]}... "
+            f"({path.stat().st_size} bytes). It was changed, truncated or damaged, and was not read. Fix: {fix}"
+        )
+
+
+def check_map_location(map_location: Any) -> None:
+    """Refuse a ``map_location`` naming a device this machine lacks, with a device error (not "corrupt file").
+
+    Example:
+        >>> check_map_location("cpu")
+    """
+    if not isinstance(map_location, (str, torch.device)):
+        return  # a dict or a function: torch applies it, and says itself what does not fit
+    device = torch.device(map_location)
+    missing = (device.type == "cuda" and not torch.cuda.is_available()) or (
+        device.type == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        raise WeightsDeviceError(
+            f"map_location={str(map_location)!r} asks for a {device.type.upper()} device, which this machine does "
+            "not have; nothing was read. Fix: load onto the CPU (map_location='cpu') or onto whatever is there: "
+            "map_location=transferlab.env.get_device()."
+        )
+
+
+E = TypeVar("E", bound=WeightsEnum)
+
+
+def verify_weights(enum: type[E], weights: E | str | None, builder: str) -> E | None:
+    """``enum.verify(weights)`` with one error shape for every builder: the name, the choices, an example.
+
+    Example:
+        >>> from transferlab.models import TinyResNet_Weights
+        >>> verify_weights(TinyResNet_Weights, "DEFAULT", "tiny_resnet")
+        TinyResNet_Weights.LETTERS_V1
+    """
+    if isinstance(weights, str) and weights != "DEFAULT" and weights not in enum.__members__:
+        choices = ", ".join(["None", *(repr(name) for name in enum.__members__)])
+        raise ValueError(
+            f"unknown weights {weights!r} for {builder}; use one of {choices} or a {enum.__name__} member, "
+            f"e.g. {builder}(weights={enum.__name__}.DEFAULT)"
+        )
+    if weights is not None and not isinstance(weights, (str, enum)):
+        raise ValueError(
+            f"{weights!r} are not weights for {builder}; use a {enum.__name__} member, e.g. "
+            f"{builder}(weights={enum.__name__}.DEFAULT), or None for random initialisation"
+        )
+    return enum.verify(weights)
+
+
 def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file and how to fix it.
 
@@ -276,12 +362,14 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         WeightsNotFoundError: no such file.
         WeightsFileError: a directory; a corrupt, truncated or tampered file; a whole pickled model; a pickle
             that would import code.
+        WeightsDeviceError: ``map_location`` names a device this machine does not have.
 
     Example:
         >>> load_file("weights.pt")  # doctest: +SKIP
     """
     path = Path(path)
     _check_path(path)
+    check_map_location(map_location)
     damage = _damage(path)
     if damage:
         raise _corrupt(path, damage)
