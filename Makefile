@@ -39,7 +39,7 @@ test: install
 
 ## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
 unit: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests src -m "not slow" -o addopts="-p no:cacheprovider --doctest-modules"
 
 ## Lint the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
 lint: install

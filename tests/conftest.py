@@ -16,10 +16,13 @@ SLOW_MODULES = {"test_lab.py"}  # starts JupyterLab
 # start. Notebook kernels inherit these variables before numpy and torch load, so OpenBLAS and OpenMP start one
 # thread too: two processes whose libraries each spin up a thread per core slow each other down many times over
 # (a notebook-08 cell took 147 s that way, 3.5 s with one thread each). The notebooks set one torch thread themselves.
+# TRANSFERLAB_TEST_THREADS=2 runs the whole suite with two threads per process instead (cells whose numbers a lesson
+# compares exactly pin their own count with `num_threads(1)`, so both must pass).
+THREADS = int(os.environ.get("TRANSFERLAB_TEST_THREADS", "1"))
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"
-torch.set_num_threads(1)
-threadpool_limits(1)  # numpy's BLAS in this process, already loaded
+    os.environ[_var] = str(THREADS)
+torch.set_num_threads(THREADS)
+threadpool_limits(THREADS)  # numpy's BLAS in this process, already loaded
 # The suite never touches the network: the environment report (and every notebook kernel, which inherits this
 # variable) then answers "offline" without trying to connect.
 os.environ["TRANSFERLAB_OFFLINE"] = "1"

@@ -86,6 +86,7 @@ def freeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None) 
         ``module`` (changed in place).
 
     Example:
+        >>> import torch
         >>> bn = freeze_bn(nn.Sequential(nn.BatchNorm1d(3))).train()
         >>> _ = bn(torch.randn(8, 3)); bn[0].running_mean.abs().sum().item()
         0.0

