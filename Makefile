@@ -6,11 +6,16 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install lock lab test unit notebooks weights benchmarks clean lint \
+.PHONY: help install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
 
+## List the targets with what each does (this text).
+help:
+	@awk '/^## /{doc = doc substr($$0, 4) " "; next} /^[a-z0-9-]+:/{if (doc) printf "  %-22s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} /^$$/{doc = ""}' $(MAKEFILE_LIST)
+
+## Set up .venv (Python 3.11 by default: make PYTHON=/path/to/python3.12 install) with the locked versions.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
