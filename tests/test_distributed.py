@@ -1,6 +1,6 @@
 """transferlab.distributed: the DDP fine-tuning script, launched for real with torchrun (2 CPU processes, gloo).
 
-The three torchrun launches are marked ``launches``: they run as their own step (`make check-launches`, .ci/run),
+The torchrun launches are marked ``launches``: they run as their own step (`make check-launches`, .ci/run),
 outside the 5-minute suite, which still launches torchrun three times through notebook 11. The rest runs in it.
 
 Every launch is bounded (a subprocess timeout, a process-group timeout) and cleaned up: torchrun starts its workers
@@ -32,9 +32,11 @@ FAST = ["--steps", "3", "--test-size", "100"]  # a few steps, a small test shard
 LAUNCH_TIMEOUT = 300  # seconds: a quiet 2-core machine needs about 10 s per launch, a loaded one minutes
 
 
-def _env() -> dict[str, str]:
+def _env(**extra: str) -> dict[str, str]:
     # One thread per process (2 processes on 2 cores) and no torchrun warning about it; the package under test.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), "TRANSFERLAB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), "TRANSFERLAB_OFFLINE": "1"}
+    env.pop("TRANSFERLAB_FAIL_AT", None)  # a failure only where a test asks for one
+    return {**env, **extra}
 
 
 def _survivors(marker: str) -> list[int]:
@@ -69,10 +71,12 @@ def _kill(procs: list[subprocess.Popen], marker: str) -> list[int]:
     return left
 
 
-def _run(commands: list[list[str]], marker: str) -> list[tuple[int, str, str]]:
+def _run(commands: list[list[str]], marker: str, envs: list[dict[str, str]] | None = None
+         ) -> list[tuple[int, str, str]]:
     """Start every command at once, wait for all (bounded), always clean up; returns (rc, stdout, stderr) each."""
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                              start_new_session=True) for c in commands]
+    envs = envs or [_env() for _ in commands]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True) for c, env in zip(commands, envs, strict=True)]
     try:
         outputs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
         return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
@@ -137,9 +141,9 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
 def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
     out = tmp_path / "never.pt"
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST,
-           "--out", str(out), "--fail-rank", "1", "--fail-at-step", "2"]
+           "--out", str(out)]
     start = time.monotonic()
-    [(rc, stdout, stderr)] = _run([cmd], str(out))
+    [(rc, stdout, stderr)] = _run([cmd], str(out), [_env(TRANSFERLAB_FAIL_AT="1:2")])
     assert rc != 0, "the job should fail"
     assert "rank 1: injected failure at step 2" in stderr, stderr
     root_cause = stderr.split("Root Cause", 1)[-1]
@@ -148,10 +152,46 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
     assert time.monotonic() - start < LAUNCH_TIMEOUT  # ended by itself, not by our timeout
 
 
+@pytest.mark.launches
+def test_an_elastic_job_restarts_resumes_from_its_snapshot_and_ends_as_an_uninterrupted_one(tmp_path):
+    """Rank 1 dies at step 7 of 8; torchrun restarts both processes once; they resume from the step-5 snapshot."""
+    steps = ["--steps", "8", "--test-size", "100"]
+    plain = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *steps,
+             "--out", str(tmp_path / "plain.pt")]
+    elastic = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
+               "-m", "transferlab.distributed", *steps, "--out", str(tmp_path / "elastic.pt"),
+               "--snapshot", str(tmp_path / "snapshot.pt")]
+    (rc_p, out_p, err_p), (rc_e, out_e, err_e) = _run([plain, elastic], str(tmp_path),
+                                                      [_env(), _env(TRANSFERLAB_FAIL_AT="1:7")])
+    assert rc_p == 0 and not err_p, f"the uninterrupted run failed ({rc_p}):\n{out_p}\n{err_p}"
+    assert rc_e == 0, f"the elastic run should recover ({rc_e}):\n{out_e}\n{err_e}"
+    assert "rank 1: injected failure at step 7" in err_e, err_e
+    assert "resumed from" in out_e and "at step 5 (restart 1)" in out_e, out_e
+    assert out_e.count("world size 2") == 2, "two attempts expected"
+    a = torch.load(tmp_path / "plain.pt", weights_only=True)
+    b = torch.load(tmp_path / "elastic.pt", weights_only=True)
+    assert b["resumed_at"] == 5 and a["resumed_at"] == 0
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
+    assert a["train_loss"] == b["train_loss"] and a["test_acc"] == b["test_acc"]
+    assert not (tmp_path / "snapshot.pt").exists(), "the finished job should remove its snapshot"
+
+
+@pytest.mark.launches
+def test_a_model_factory_runs_resnet50_under_torchrun(tmp_path):
+    out = tmp_path / "r50.pt"
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", "--steps", "1",
+           "--test-size", "20", "--model", "torchvision.models:resnet50", "--out", str(out)]
+    [(rc, stdout, stderr)] = _run([cmd], str(out))
+    assert rc == 0 and not stderr, f"torchrun failed ({rc}):\n{stdout}\n{stderr}"
+    state = torch.load(out, weights_only=True)["model"]
+    assert state["fc.weight"].shape == (10, 2048) and not [k for k in state if k.startswith("module.")]
+
+
 @pytest.fixture
 def one_process(monkeypatch):
     """Run ``main`` in this process as a one-process job (no launcher variables)."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRANSFERLAB_FAIL_AT",
+                 "TORCHELASTIC_RESTART_COUNT"):
         monkeypatch.delenv(name, raising=False)
     yield
     assert not torch.distributed.is_initialized(), "main() must destroy its process group"
@@ -206,3 +246,96 @@ def test_shards_are_disjoint_and_cover_the_dataset():
 def test_backend_follows_the_hardware():
     expected = "nccl" if torch.cuda.is_available() else "gloo"
     assert distributed.choose_backend() == expected and distributed.choose_backend("gloo") == "gloo"
+
+
+TINY_FACTORY = """
+from torch import nn
+
+def tiny(num_classes):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+def not_a_model(num_classes):
+    return "resnet"
+"""
+
+
+def test_a_model_factory_from_the_launch_folder_is_trained(one_process, tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(TINY_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))  # python -m puts the launch folder first on sys.path
+    out = tmp_path / "tiny.pt"
+    distributed.main(["--model", "my_models:tiny", *FAST, "--out", str(out)])
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["model"]["5.weight"].shape == (10, 4) and checkpoint["args"]["model"] == "my_models:tiny"
+    for spec, problem in [("my_models", "expected module:function"), ("no_such_module:f", "cannot import"),
+                          ("my_models:nothing", "has no function"), ("my_models:not_a_model", "not an nn.Module")]:
+        with pytest.raises((ValueError, TypeError), match=problem):
+            distributed.build_model(spec)
+    with pytest.raises(ValueError, match="loads its own weights"):
+        distributed.build_model("my_models:tiny", weights="other.pt")
+
+
+def _one_process_group():
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+
+def test_accumulated_micro_batches_under_no_sync_give_the_large_batch_gradient_with_one_all_reduce():
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(12, 6), torch.randint(0, 3, (12,))
+    nn.functional.cross_entropy(model(x), y).backward()  # plain PyTorch: one backward over the large batch
+    reference = [p.grad.clone() for p in model.parameters()]
+    micro = [(x[:4], y[:4]), (x[4:8], y[4:8]), (x[8:], y[8:])]
+    _one_process_group()
+    try:
+        ddp = DDP(model)
+        rounds = []
+        ddp.register_comm_hook(None, lambda state, bucket: (rounds.append(1), default_hooks.allreduce_hook(
+            torch.distributed.group.WORLD, bucket))[1])
+        ddp.zero_grad()
+        loss = distributed.accumulate_gradients(ddp, micro)
+    finally:
+        torch.distributed.destroy_process_group()
+    assert abs(loss - nn.functional.cross_entropy(model(x), y).item()) < 1e-5
+    assert all(torch.allclose(p.grad, r, atol=1e-6) for p, r in zip(model.parameters(), reference, strict=True))
+    assert len(rounds) == 1, f"one all-reduce round expected (the last micro-batch), found {len(rounds)}"
+    # Negative control: summing the micro-batch losses without dividing gives 3 times the gradient.
+    model.zero_grad()
+    for xb, yb in micro:
+        nn.functional.cross_entropy(model(xb), yb).backward()
+    assert not torch.allclose(model[0].weight.grad, reference[0], atol=1e-4)
+    with pytest.raises(ValueError, match="same size"):
+        distributed.accumulate_gradients(model, [(x[:4], y[:4]), (x[4:], y[4:])])
+
+
+def test_a_failure_is_injected_only_where_and_when_asked(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.setenv("TRANSFERLAB_FAIL_AT", "1:3")
+    distributed.injected_failure(0, 3)
+    distributed.injected_failure(1, 2)
+    with pytest.raises(RuntimeError, match="rank 1: injected failure at step 3"):
+        distributed.injected_failure(1, 3)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a restarted job runs through
+    distributed.injected_failure(1, 3)
+
+
+def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one_process, tmp_path):
+    snapshot = tmp_path / "snap.pt"
+    args = distributed._parser().parse_args(["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50",
+                                             "--out", str(tmp_path / "a.pt")])
+    model = distributed.load_pretrained("DEFAULT")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 5,
+                "train_loss": [1.0] * 5, "args": {**vars(args), "steps": 15}}, snapshot)
+    with pytest.raises(ValueError, match="another job .*steps: 15 there, 8 here"):
+        distributed.load_snapshot(snapshot, model, optimizer, args)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 5,
+                "train_loss": [1.0] * 5, "args": vars(args)}, snapshot)
+    distributed.main(["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50",
+                      "--out", str(tmp_path / "a.pt")])
+    checkpoint = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert checkpoint["resumed_at"] == 5 and checkpoint["train_loss"][:5] == [1.0] * 5
+    assert len(checkpoint["train_loss"]) == 8 and not snapshot.exists()
