@@ -10,7 +10,8 @@ test patches by three probes:
 * ``logreg_c1``   StandardScaler + LogisticRegression(C=1) (scikit-learn defaults: the previous edition's probe),
 * ``ncm``         nearest class mean on L2-normalised features (``transferlab.probes``; no knob to tune),
 * ``logreg_loo``  LogisticRegression on L2-normalised features, C from a grid picked by leave-one-out accuracy on
-                  the k labelled patches alone (k >= 3 only; ImageNet at blocks[2] and last, the histogram; 5 seeds: it is costly).
+                  the k labelled patches alone (k >= 3 only; ImageNet at blocks[2] and last, the histogram;
+                  5 seeds: it is costly).
 
 Feature sets: EfficientNet-Lite0 (patches resized to 96 px) with ``imagenet`` weights, with ``random`` weights and
 its BatchNorm statistics re-estimated on the layout's 192 unlabelled train patches (``adapt_bn``: the fair
@@ -259,6 +260,43 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def markdown(summary: list[dict]) -> str:
+    """The headline tables (mean ± SE over seeds) as Markdown, for the README."""
+    def row(**key):
+        return {r["k"]: r for r in summary if all(r.get(k) == v for k, v in key.items())}
+
+    def cells(rows, ks):
+        return " | ".join(f"{rows[k]['mean']:.3f} ± {rows[k]['se']:.3f}" if k in rows else "" for k in ks)
+
+    out = ["Few labels on real photos (checkerboard split, nearest class mean on L2-normalised features, mean ± SE):",
+           "", "| features | k = 1 | k = 3 | k = 5 |", "|---|---|---|---|"]
+    for name in ("imagenet", "random", "random_init"):
+        for depth in DEPTHS:
+            out.append(f"| Lite0 {name}, {depth} | " + cells(row(part="photos", layout="checkerboard", probe="ncm",
+                                                                   features=name, depth=depth), (1, 3, 5)) + " |")
+    for name in ("histogram", "pixels"):
+        out.append(f"| {name} | " + cells(row(part="photos", layout="checkerboard", probe="ncm", features=name),
+                                          (1, 3, 5)) + " |")
+    out += ["", "Probes on Lite0 ImageNet, last layer (checkerboard):", "", "| probe | k = 1 | k = 3 | k = 5 |",
+            "|---|---|---|---|"]
+    for probe in ("logreg_c1", "logreg_loo", "ncm"):
+        out.append(f"| {probe} | " + cells(row(part="photos", layout="checkerboard", probe=probe, features="imagenet",
+                                               depth="last"), (1, 3, 5)) + " |")
+    out += ["", "Digits target, k = 5 (mean ± SE):", "", "| features | size | depth | ncm | logreg_c1 |",
+            "|---|---|---|---|---|"]
+    digits = [r for r in summary if r["part"] == "digits"]
+    for key in dict.fromkeys((r["features"], r["size"], r["depth"]) for r in digits):
+        by_probe = {r["probe"]: r for r in digits if (r["features"], r["size"], r["depth"]) == key}
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(
+            f"{by_probe[p]['mean']:.3f} ± {by_probe[p]['se']:.3f}" for p in ("ncm", "logreg_c1")) + " |")
+    out += ["", "Fine-tuning vs a head on frozen features (digits, k = 5; test accuracy, mean ± SE):", "",
+            "| arm | steps | accuracy | seeds |", "|---|---|---|---|"]
+    for r in summary:
+        if r["part"] == "finetune":
+            out.append(f"| {r['arm']} | {r['steps']} | {r['mean']:.3f} ± {r['se']:.3f} | {r['n']} |")
+    return "\n".join(out) + "\n"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parts", nargs="+", default=["photos", "digits", "finetune"],
@@ -301,6 +339,10 @@ def main(argv=None) -> None:
                    "summary": summarise(rows), "runs": rows})
     path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=0), encoding="utf-8")
+    if args.merge:
+        info = result["provenance"]
+        path.with_suffix(".md").write_text(f"<!-- {info['command']} @ {info['commit']} -->\n\n"
+                                           + markdown(result["summary"]), encoding="utf-8")
     print(f"wrote {path}")
 
 
