@@ -339,7 +339,7 @@ def main(argv=None) -> None:
                    "summary": summarise(rows), "runs": rows})
     path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=0), encoding="utf-8")
-    if args.merge:
+    if {r["part"] for r in rows} == {"photos", "digits", "finetune"}:  # a complete result: its tables for the README
         info = result["provenance"]
         path.with_suffix(".md").write_text(f"<!-- {info['command']} @ {info['commit']} -->\n\n"
                                            + markdown(result["summary"]), encoding="utf-8")
