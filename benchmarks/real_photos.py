@@ -1,52 +1,56 @@
-"""Real photos, few labels: which features, and which source to transfer from? (the tables behind notebook 08)
+"""Real photos, few labels: which features, which probe, which source? (the tables behind notebook 08)
 
-Part 1, few labels on real photos. Six photos of scikit-image's wheel that look alike all over (brick, grass,
-gravel, moon, cell, ihc; ``transferlab.photos.TEXTURES``) are cut into grey 64x64 patches: 32 train patches from the
-LEFT half of each photo, 32 test patches from the RIGHT half (``photo_patches``). With k = 1, 3, 5 labelled patches per
-class (``few_shot_indices``, one draw per seed), a logistic regression (scikit-learn, standardised inputs) is fitted on
+Part ``photos``. Six photos of scikit-image's wheel that look alike all over (``transferlab.photos.TEXTURES``) are cut
+into grey 64x64 patches, 32 train and 32 test per photo, in two layouts (``photo_patches``): ``checkerboard`` (train
+and test squares alternate over the whole photo: same distribution, no shared pixel) and ``halves`` (train from the
+left half, test from the right: the layout of the previous edition, kept to measure what it leaked). With k = 1, 3, 5
+labelled patches per class (``few_shot_indices``, one draw per seed), every feature set below is scored on all 192
+test patches by three probes:
 
-* ``imagenet``  pooled features of EfficientNet-Lite0 with its ImageNet weights (patches resized to 96 px),
-* ``random``    the same architecture with random weights (one fixed init, ``seed_everything(0)``),
-* ``pixels``    the raw pixels (64 x 64 = 4,096 grey values),
+* ``logreg_c1``   StandardScaler + LogisticRegression(C=1) (scikit-learn defaults: the previous edition's probe),
+* ``ncm``         nearest class mean on L2-normalised features (``transferlab.probes``; no knob to tune),
+* ``logreg_loo``  LogisticRegression on L2-normalised features, C from a grid picked by leave-one-out accuracy on
+                  the k labelled patches alone (k >= 3 only; ImageNet at blocks[2] and last, the histogram;
+                  5 seeds: it is costly).
 
-and scored on all 192 test patches. Features are computed once per backbone (``extract_features``) and reused.
+Feature sets: EfficientNet-Lite0 (patches resized to 96 px) with ``imagenet`` weights, with ``random`` weights and
+its BatchNorm statistics re-estimated on the layout's 192 unlabelled train patches (``adapt_bn``: the fair
+architecture-only control), with ``random_init`` weights and BatchNorm as initialised (mean 0, var 1: the previous
+edition's control), each pooled after ``blocks[2]``, ``blocks[3]``, ``blocks[4]`` and the last layer (one forward pass:
+``pooled_features_at``); ``pixels`` (4,096 grey values) and ``histogram`` (32-bin grey histogram, shift-invariant).
 
-Part 2, which source? On the course's digits target (``target_dataset``: k labelled scenes per class; scored on the
-first 500 scenes of the fixed test set, one scene of each held-out digit image), the same logistic regression on
+Part ``digits``. The course's digits target (k = 5 labelled scenes per class, 3 seeds, the first 500 test scenes):
+Lite0 ImageNet features at 96 and 160 px and the four depths, Lite0 random + adapt_bn (96 px, statistics from 512
+unlabelled pool scenes), the course's letters TinyResNet (32 px, last layer), pixels; probes ``logreg_c1`` and
+``ncm``.
 
-* ``letters``   the course's TinyResNet pretrained on 52 printed letters in scenes (its own normalisation, 32 px),
-* ``imagenet``  EfficientNet-Lite0 with ImageNet weights (scenes resized 32 -> 96 px, its own normalisation),
-* ``pixels``    the raw pixels (3 x 32 x 32), as a reference.
+Part ``finetune``. The same digits target at k = 5: Lite0 (ImageNet, 96 px) fine-tuned end to end against a linear
+head on its frozen last-layer features, both trained with ``train_steps`` (AdamW, the same steps and batch, full
+batch of the 50 labelled scenes), each arm's learning rate picked from the same grid on a validation set (10 scenes
+per class from the training pool, none of the 50), 3 seeds; a convergence check re-runs seed 0 at twice the steps
+(each arm at its chosen learning rate).
 
-Usage (repository root)::
+Usage (repository root, one thread)::
 
     PYTHONPATH=src python benchmarks/real_photos.py  # full run -> src/transferlab/results/real_photos.*
-    PYTHONPATH=src python benchmarks/real_photos.py --seeds 2 --digit-ks 5 --name quick   # a quick subset
-    # or in parts, in parallel (one thread each; every run seeds itself, so the numbers do not depend on the grouping)
-    PYTHONPATH=src python benchmarks/real_photos.py --parts photos --name rp_photos &
-    PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 5 10 --name rp_digits_a &
-    PYTHONPATH=src python benchmarks/real_photos.py --parts digits --digit-ks 50 --digit-seeds 0 --name rp_digits_b &
-    ...; wait
-    PYTHONPATH=src python benchmarks/real_photos.py --merge src/transferlab/results/rp_*.json
+    # or in two parts, in parallel (one thread each; every run seeds itself, so the grouping changes no number)
+    PYTHONPATH=src python benchmarks/real_photos.py --parts photos digits --name rp_a &
+    PYTHONPATH=src python benchmarks/real_photos.py --parts finetune --name rp_b &
+    wait; PYTHONPATH=src python benchmarks/real_photos.py --merge rp_a rp_b   # -> results/real_photos.json
 
-The result file records the command line, the git commit, the thread count, the machine load and the time per image.
+Every part file and the merged file carry their provenance (``benchmarks/provenance.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import LeaveOneOut, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
@@ -55,241 +59,293 @@ from torchvision.transforms import v2
 
 from transferlab.data import target_dataset
 from transferlab.env import seed_everything
-from transferlab.features import extract_features
+from transferlab.features import extract_features, pooled_features_at
 from transferlab.lite0 import EfficientNetLite0_Weights, efficientnet_lite0
 from transferlab.models import TinyResNet_Weights, tiny_resnet
-from transferlab.photos import TEXTURES, few_shot_indices, load_photo, photo_patches
+from transferlab.photos import LAYOUTS, TEXTURES, few_shot_indices, photo_patches
+from transferlab.probes import grey_histogram, l2_normalise, nearest_class_mean
+from transferlab.shift import adapt_bn
+from transferlab.training import evaluate, train_steps
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "src" / "transferlab" / "results"  # package data: notebooks read it through transferlab.results
+from provenance import RESULTS, run_info, run_started
+
+DEPTHS = {"blocks2": "2.blocks.2", "blocks3": "2.blocks.3", "blocks4": "2.blocks.4", "last": "2.bn2"}
+C_GRID = (0.1, 1.0, 10.0, 100.0)
+LR_GRID = (1e-3, 1e-2)
 
 
-def lite0_extractor(weights: EfficientNetLite0_Weights | None, size: int) -> nn.Module:
-    """Resize to ``size``, normalise as the ImageNet weights expect, run Lite0 up to its pooled 1280 features."""
-    seed_everything(0)  # the random-weights model is one fixed initialisation
+def lite0(weights: EfficientNetLite0_Weights | None, size: int, classes: int = 0) -> nn.Sequential:
+    """Resize to ``size``, normalise as the ImageNet weights expect, Lite0 (``classes=0``: pooled 1,280 features)."""
+    seed_everything(0)  # the random-weights network is one fixed initialisation
     model = efficientnet_lite0(weights=weights)
-    model.reset_classifier(0)  # timm: the head becomes Identity, the output is the pooled (N, 1280) features
-    preprocess = EfficientNetLite0_Weights.DEFAULT.transforms()
-    return nn.Sequential(v2.Resize((size, size), antialias=True), v2.Normalize(preprocess.mean, preprocess.std), model)
+    model.reset_classifier(classes)
+    pre = EfficientNetLite0_Weights.DEFAULT.transforms()
+    return nn.Sequential(v2.Resize((size, size), antialias=True), v2.Normalize(pre.mean, pre.std), model)
 
 
-def letters_extractor() -> nn.Module:
-    """The course's TinyResNet (letters) with its own normalisation, up to its pooled 256 features."""
+def loader(images: Tensor, batch_size: int = 64) -> DataLoader:
+    return DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=batch_size)
+
+
+def depth_features(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    feats = pooled_features_at(model, loader(images), list(DEPTHS.values()))
+    return {depth: feats[name] for depth, name in DEPTHS.items()}
+
+
+def logreg_c1(tr: Tensor, ytr: Tensor, te: Tensor) -> np.ndarray:
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(tr.numpy(), ytr.numpy())
+    return clf.predict(te.numpy())
+
+
+def loo_C(tr: Tensor, ytr: Tensor) -> float:
+    """The C of ``C_GRID`` with the best leave-one-out accuracy on the labelled set (first best: smallest C)."""
+    x = l2_normalise(tr).numpy()
+    scores = [cross_val_score(LogisticRegression(C=c, max_iter=1000), x, ytr.numpy(), cv=LeaveOneOut()).mean()
+              for c in C_GRID]
+    return C_GRID[int(np.argmax(scores))]
+
+
+def logreg_loo(tr: Tensor, ytr: Tensor, te: Tensor) -> tuple[np.ndarray, float]:
+    c = loo_C(tr, ytr)
+    clf = LogisticRegression(C=c, max_iter=1000).fit(l2_normalise(tr).numpy(), ytr.numpy())
+    return clf.predict(l2_normalise(te).numpy()), c
+
+
+def accuracy(pred, truth: Tensor) -> float:
+    return float((np.asarray(pred) == truth.numpy()).mean())
+
+
+def part_photos(args) -> list[dict]:
+    rows = []
+    for layout in LAYOUTS:
+        train_x, train_y = photo_patches("train", layout=layout).tensors
+        test_x, test_y = photo_patches("test", layout=layout).tensors
+        pools = {}
+        for name, weights, adapt in [("imagenet", EfficientNetLite0_Weights.DEFAULT, False), ("random", None, True),
+                                     ("random_init", None, False)]:
+            model = lite0(weights, args.size).eval()
+            if adapt:  # unlabelled train patches of this layout, equal batches of 64
+                adapt_bn(model, loader(train_x))
+            tr, te = depth_features(model, train_x), depth_features(model, test_x)
+            for depth in DEPTHS:
+                pools[(name, depth)] = (tr[depth], te[depth])
+        pools[("pixels", "-")] = (train_x[:, 0].flatten(1), test_x[:, 0].flatten(1))
+        pools[("histogram", "-")] = (grey_histogram(train_x), grey_histogram(test_x))
+        loo_sets = {("imagenet", "blocks2"), ("imagenet", "last"), ("histogram", "-")}  # bounded: LOO is costly
+        for k in args.ks:
+            for seed in range(args.seeds):
+                pick = few_shot_indices(train_y, k, seed)
+                for (name, depth), (tr, te) in pools.items():
+                    base = {"part": "photos", "layout": layout, "features": name, "depth": depth, "k": k,
+                            "seed": seed}
+                    preds = {"ncm": nearest_class_mean(tr[pick], train_y[pick], te).numpy(),
+                             "logreg_c1": logreg_c1(tr[pick], train_y[pick], te)}
+                    for probe, pred in preds.items():
+                        per_class = [accuracy(pred[test_y == c], test_y[test_y == c]) for c in range(len(TEXTURES))]
+                        rows.append({**base, "probe": probe, "accuracy": accuracy(pred, test_y),
+                                     "per_class": per_class})
+                    if layout == "checkerboard" and k >= 3 and (name, depth) in loo_sets and seed < args.loo_seeds:
+                        pred, c = logreg_loo(tr[pick], train_y[pick], te)
+                        rows.append({**base, "probe": "logreg_loo", "accuracy": accuracy(pred, test_y), "C": c})
+                print(f"photos {layout} k={k} done", flush=True)
+    return rows
+
+
+def letters_backbone() -> nn.Module:
     weights = TinyResNet_Weights.DEFAULT
     model = tiny_resnet(weights=weights)
     model.fc = nn.Identity()
-    return nn.Sequential(weights.transforms(), model)
+    return nn.Sequential(weights.transforms(), model).eval()
 
 
-def features(backbone: nn.Module, images: Tensor, labels: Tensor) -> tuple[Tensor, float]:
-    """Cached features of ``images`` and the seconds per image it took."""
-    start = time.perf_counter()
-    feats, _ = extract_features(backbone, DataLoader(TensorDataset(images, labels), batch_size=64)).tensors
-    return feats, (time.perf_counter() - start) / len(images)
-
-
-def probe_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
-    """Logistic regression (standardised inputs, scikit-learn defaults) fitted on train, accuracy on test."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    clf.fit(train_x.numpy(), train_y.numpy())
-    return float((clf.predict(test_x.numpy()) == test_y.numpy()).mean())
-
-
-def part_photos(args) -> tuple[list[dict], dict]:
-    train_x, train_y = photo_patches("train").tensors
-    test_x, test_y = photo_patches("test").tensors
-    pools, timing = {}, {}
-    for method, weights in [("imagenet", EfficientNetLite0_Weights.DEFAULT), ("random", None)]:
-        backbone = lite0_extractor(weights, args.size)
-        tr, s_tr = features(backbone, train_x, train_y)
-        te, s_te = features(backbone, test_x, test_y)
-        pools[method], timing[f"lite0_{args.size}px_ms_per_patch_{method}"] = (tr, te), 1000 * (s_tr + s_te) / 2
-    pools["pixels"] = (train_x[:, 0].flatten(1), test_x[:, 0].flatten(1))  # grey: one channel holds everything
-    rows = []
-    for k in args.ks:
-        for seed in range(args.seeds):
-            pick = few_shot_indices(train_y, k, seed)
-            for method, (tr, te) in pools.items():
-                acc = probe_accuracy(tr[pick], train_y[pick], te, test_y)
-                rows.append({"part": "photos", "method": method, "k": k, "seed": seed, "accuracy": acc})
-                print(f"photos k={k} seed={seed} {method:9s} {acc:.3f}", flush=True)
-    return rows, timing
-
-
-def part_digits(args) -> tuple[list[dict], dict]:
+def part_digits(args) -> list[dict]:
     test = target_dataset("test")
     test_x, test_y = test.images[: args.digit_test], test.labels[: args.digit_test]
-    backbones = {
-        "letters": letters_extractor(),
-        "imagenet": lite0_extractor(EfficientNetLite0_Weights.DEFAULT, args.size),
-    }
-    test_feats, timing = {}, {}
-    for name, backbone in backbones.items():
-        test_feats[name], s = features(backbone, test_x, test_y)
-        timing[f"{name}_ms_per_scene"] = 1000 * s
-    test_feats["pixels"] = test_x.flatten(1)
+    trains = {(k, s): target_dataset("train", k=k, seed=s) for k in args.digit_ks for s in args.digit_seeds}
+    unlabelled = target_dataset("train").images[torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:512]]
+    configs = {}  # (features, size) -> function images -> {depth: feats}
+    for size in args.digit_sizes:
+        model = lite0(EfficientNetLite0_Weights.DEFAULT, size).eval()
+        configs[("imagenet", size)] = lambda x, m=model: depth_features(m, x)
+    rand = lite0(None, args.size).eval()
+    adapt_bn(rand, loader(unlabelled))
+    configs[("random", args.size)] = lambda x: depth_features(rand, x)
+    letters = letters_backbone()
+    configs[("letters", 32)] = lambda x: {"last": extract_features(letters, loader(x)).tensors[0]}
+    configs[("pixels", 32)] = lambda x: {"-": x.flatten(1)}
     rows = []
-    for k in args.digit_ks:
-        for seed in args.digit_seeds:
-            train = target_dataset("train", k=k, seed=seed)
-            for name in ("letters", "imagenet", "pixels"):
-                tr = (
-                    train.images.flatten(1)
-                    if name == "pixels"
-                    else features(backbones[name], train.images, train.labels)[0]
-                )
-                acc = probe_accuracy(tr, train.labels, test_feats[name], test_y)
-                rows.append({"part": "digits", "method": name, "k": k, "seed": seed, "accuracy": acc})
-                print(f"digits k={k} seed={seed} {name:9s} {acc:.3f}", flush=True)
-    return rows, timing
+    for (name, size), fn in configs.items():
+        start = time.process_time()
+        te = fn(test_x)
+        ms = 1000 * (time.process_time() - start) / len(test_x)
+        for (k, seed), train in trains.items():
+            tr = fn(train.images)
+            for depth in te:
+                for probe in ("ncm", "logreg_c1"):
+                    if probe == "ncm":
+                        pred = nearest_class_mean(tr[depth], train.labels, te[depth]).numpy()
+                    else:
+                        pred = logreg_c1(tr[depth], train.labels, te[depth])
+                    rows.append({"part": "digits", "features": name, "size": size, "depth": depth, "probe": probe,
+                                 "k": k, "seed": seed, "accuracy": accuracy(pred, test_y), "cpu_ms_per_scene": ms})
+        print(f"digits {name} {size}px done", flush=True)
+    return rows
 
 
-def photo_timing() -> dict:
-    """Lite0 at 224 px (its own transforms) on real photos, batch 1, after one warm-up: ms per image, and the top-3."""
-    weights = EfficientNetLite0_Weights.DEFAULT
-    model = efficientnet_lite0(weights=weights).eval()
-    names = ["chelsea", "coffee", "camera", "rocket", "motorcycle_left", "astronaut"]
-    batch = torch.stack([weights.transforms()(load_photo(n)) for n in names])
-    top3 = {}
-    with torch.no_grad():
-        model(batch[:1])
-        start = time.perf_counter()
-        probs = torch.cat([model(x[None]) for x in batch]).softmax(1)
-        ms = 1000 * (time.perf_counter() - start) / len(names)
-    for name, p in zip(names, probs, strict=True):
-        values, index = p.topk(3)
-        top3[name] = [[weights.meta["categories"][i], round(float(v), 3)] for v, i in zip(values, index, strict=True)]
-    return {"lite0_224px_ms_per_photo_batch1": ms, "top3": top3}
+def validation_scenes(train, per_class: int, seed: int):
+    """``per_class`` scenes per class from the training pool whose digit image is not in ``train``."""
+    pool = target_dataset("train")  # every training-pool image once (scenes of seed 0's renderer)
+    unused = ~torch.isin(pool.source_index, train.source_index)
+    g = torch.Generator().manual_seed(1000 + seed)
+    keep = torch.cat([torch.nonzero(unused & (pool.labels == c)).flatten()[
+        torch.randperm(int((unused & (pool.labels == c)).sum()), generator=g)[:per_class]] for c in range(10)])
+    return pool.images[keep], pool.labels[keep]
 
 
-def summarise(rows: list[dict]) -> dict:
-    """part -> method -> k -> {mean, std, n} (std over seeds, population std as numpy's default)."""
-    table: dict = {}
+def part_finetune(args) -> list[dict]:
+    test = target_dataset("test")
+    test_x, test_y = test.images[: args.digit_test], test.labels[: args.digit_test]
+    frozen = lite0(EfficientNetLite0_Weights.DEFAULT, args.size).eval()
+    frozen_test = extract_features(frozen, DataLoader(TensorDataset(test_x, test_y), batch_size=64)).tensors[0]
+    rows = []
+    for seed in range(args.ft_seeds):
+        train = target_dataset("train", k=args.ft_k, seed=seed)
+        val_x, val_y = validation_scenes(train, 10, seed)
+        frozen_train = extract_features(frozen, DataLoader(TensorDataset(train.images, train.labels), 64)).tensors[0]
+        frozen_val = extract_features(frozen, DataLoader(TensorDataset(val_x, val_y), 64)).tensors[0]
+        budgets = [args.ft_steps] + ([2 * args.ft_steps] if seed == 0 else [])
+        chosen: dict[str, float] = {}
+        for steps in budgets:
+            for arm in ("finetune", "frozen_head"):
+                runs = []
+                # the convergence check re-runs the learning rate chosen at the normal budget only
+                for lr in LR_GRID if steps == args.ft_steps else (chosen[arm],):
+                    torch.manual_seed(seed)
+                    g = torch.Generator().manual_seed(seed)
+                    start = time.process_time()
+                    if arm == "finetune":
+                        model = lite0(EfficientNetLite0_Weights.DEFAULT, args.size, classes=10)
+                        torch.manual_seed(seed)
+                        model[2].reset_classifier(10)  # the head's init is drawn from the seed
+                        data, vx, tx = (train.images, train.labels), val_x, test_x
+                    else:
+                        model = nn.Linear(1280, 10)
+                        data, vx, tx = (frozen_train, train.labels), frozen_val, frozen_test
+                    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+                    losses = train_steps(model, data, steps, opt, batch_size=len(train), generator=g)
+                    val = evaluate(model, [(vx, val_y)])[1]
+                    runs.append((val, lr, model, losses[-1], time.process_time() - start))
+                    print(f"finetune seed={seed} steps={steps} {arm} lr={lr:g} val={val:.3f}", flush=True)
+                val, lr, model, last_loss, cpu = max(runs, key=lambda r: r[0])  # first best: the smaller lr
+                chosen.setdefault(arm, lr)
+                test_acc = evaluate(model, DataLoader(TensorDataset(tx, test_y), batch_size=100))[1]
+                rows.append({"part": "finetune", "arm": arm, "seed": seed, "k": args.ft_k, "steps": steps,
+                             "lr": lr, "val_accuracy": val, "accuracy": test_acc, "final_train_loss": last_loss,
+                             "val_by_lr": {str(r[1]): r[0] for r in runs}, "cpu_seconds": cpu})
+                print(f"finetune seed={seed} steps={steps} {arm}: lr={lr:g} test={test_acc:.3f}", flush=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean, sample std (ddof=1) and standard error over seeds of every configuration."""
+    groups: dict[tuple, list[float]] = {}
     for row in rows:
-        table.setdefault(row["part"], {}).setdefault(row["method"], {}).setdefault(str(row["k"]), []).append(
-            row["accuracy"]
-        )
-    return {
-        part: {
-            m: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)} for k, v in ks.items()}
-            for m, ks in methods.items()
-        }
-        for part, methods in table.items()
-    }
+        key = tuple((k, v) for k, v in row.items() if k not in ("seed", "accuracy", "per_class", "C", "lr",
+                                                                 "val_accuracy", "val_by_lr", "final_train_loss",
+                                                                 "cpu_seconds", "cpu_ms_per_scene"))
+        groups.setdefault(key, []).append(row["accuracy"])
+    out = []
+    for key, accs in groups.items():
+        sd = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        out.append({**dict(key), "mean": float(np.mean(accs)), "std": sd, "se": sd / np.sqrt(len(accs)),
+                    "n": len(accs)})
+    return out
 
 
-def markdown(summary: dict, part: str, label: dict[str, str]) -> str:
-    methods = summary[part]
-    ks = list(next(iter(methods.values())))
-    lines = ["| features | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for method, cells in methods.items():
-        lines.append(
-            f"| {label[method]} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells.values()) + " |"
-        )
-    return "\n".join(lines)
+def markdown(summary: list[dict]) -> str:
+    """The headline tables (mean ± SE over seeds) as Markdown, for the README."""
+    def row(**key):
+        return {r["k"]: r for r in summary if all(r.get(k) == v for k, v in key.items())}
 
+    def cells(rows, ks):
+        return " | ".join(f"{rows[k]['mean']:.3f} ± {rows[k]['se']:.3f}" if k in rows else "" for k in ks)
 
-LABELS = {
-    "photos": {"imagenet": "Lite0, ImageNet weights", "random": "Lite0, random weights", "pixels": "raw pixels"},
-    "digits": {"letters": "TinyResNet, letters (ours)", "imagenet": "Lite0, ImageNet weights", "pixels": "raw pixels"},
-}
-
-
-def git_commit() -> str:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    return git("rev-parse", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+    out = ["Few labels on real photos (checkerboard split, nearest class mean on L2-normalised features, mean ± SE):",
+           "", "| features | k = 1 | k = 3 | k = 5 |", "|---|---|---|---|"]
+    for name in ("imagenet", "random", "random_init"):
+        for depth in DEPTHS:
+            out.append(f"| Lite0 {name}, {depth} | " + cells(row(part="photos", layout="checkerboard", probe="ncm",
+                                                                   features=name, depth=depth), (1, 3, 5)) + " |")
+    for name in ("histogram", "pixels"):
+        out.append(f"| {name} | " + cells(row(part="photos", layout="checkerboard", probe="ncm", features=name),
+                                          (1, 3, 5)) + " |")
+    out += ["", "Probes on Lite0 ImageNet, last layer (checkerboard):", "", "| probe | k = 1 | k = 3 | k = 5 |",
+            "|---|---|---|---|"]
+    for probe in ("logreg_c1", "logreg_loo", "ncm"):
+        out.append(f"| {probe} | " + cells(row(part="photos", layout="checkerboard", probe=probe, features="imagenet",
+                                               depth="last"), (1, 3, 5)) + " |")
+    out += ["", "Digits target, k = 5 (mean ± SE):", "", "| features | size | depth | ncm | logreg_c1 |",
+            "|---|---|---|---|---|"]
+    digits = [r for r in summary if r["part"] == "digits"]
+    for key in dict.fromkeys((r["features"], r["size"], r["depth"]) for r in digits):
+        by_probe = {r["probe"]: r for r in digits if (r["features"], r["size"], r["depth"]) == key}
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(
+            f"{by_probe[p]['mean']:.3f} ± {by_probe[p]['se']:.3f}" for p in ("ncm", "logreg_c1")) + " |")
+    out += ["", "Fine-tuning vs a head on frozen features (digits, k = 5; test accuracy, mean ± SE):", "",
+            "| arm | steps | accuracy | seeds |", "|---|---|---|---|"]
+    for r in summary:
+        if r["part"] == "finetune":
+            out.append(f"| {r['arm']} | {r['steps']} | {r['mean']:.3f} ± {r['se']:.3f} | {r['n']} |")
+    return "\n".join(out) + "\n"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5], help="labelled patches per class (photos)")
-    p.add_argument("--seeds", type=int, default=10, help="draws of the k patches (photos)")
-    p.add_argument("--size", type=int, default=96, help="Lite0 input size (64 px patches and 32 px scenes are resized)")
-    p.add_argument("--digit-ks", type=int, nargs="+", default=[5, 10, 50], help="labelled scenes per class (digits)")
-    p.add_argument("--digit-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the training sets (digits)")
-    p.add_argument(
-        "--digit-test", type=int, default=500, help="first N test scenes (500: one scene per held-out digit)"
-    )
-    p.add_argument("--parts", nargs="+", default=["photos", "digits"], choices=["photos", "digits"])
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge the runs of part files into one result")
+    p.add_argument("--parts", nargs="+", default=["photos", "digits", "finetune"],
+                   choices=["photos", "digits", "finetune"])
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
+    p.add_argument("--seeds", type=int, default=10, help="draws of the k labelled patches (photos)")
+    p.add_argument("--loo-seeds", type=int, default=5, help="seeds for the leave-one-out probe (photos)")
+    p.add_argument("--size", type=int, default=96, help="Lite0 input size")
+    p.add_argument("--digit-sizes", type=int, nargs="+", default=[96, 160])
+    p.add_argument("--digit-ks", type=int, nargs="+", default=[5])
+    p.add_argument("--digit-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--digit-test", type=int, default=500)
+    p.add_argument("--ft-k", type=int, default=5)
+    p.add_argument("--ft-seeds", type=int, default=3)
+    p.add_argument("--ft-steps", type=int, default=12)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--name", default="real_photos", help="results file stem in src/transferlab/results/")
+    p.add_argument("--merge", nargs="+", metavar="NAME", help="merge part files (stems in results/)")
+    p.add_argument("--name", default="real_photos")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    start, load_start, commit = time.perf_counter(), os.getloadavg(), git_commit()  # the code as it was when started
+    started = run_started()
     if args.merge:
-        parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
+        parts = [json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8")) for stem in args.merge]
         rows = [row for part in parts for row in part["runs"]]
-        timing = {key: value for part in parts for key, value in part["timing"].items()}
-        provenance = [
-            {
-                key: part[key]
-                for key in ("command", "commit", "threads", "loadavg_start", "loadavg_end", "benchmark_seconds")
-            }
-            for part in parts
-        ]
-        args.seeds = max(r["seed"] for r in rows if r["part"] == "photos") + 1
-        args.digit_seeds = sorted({r["seed"] for r in rows if r["part"] == "digits"})
-        args.threads = max(part["threads"] for part in parts)
+        result = {"provenance": run_info(started), "parts": [part["provenance"] for part in parts],
+                  "args": [part["args"] for part in parts]}
     else:
-        rows, timing, provenance = [], {}, []
-        if "photos" in args.parts:
-            timing.update(photo_timing())
-            rows_p, t_p = part_photos(args)
-            rows, timing = rows + rows_p, {**timing, **t_p}
-        if "digits" in args.parts:
-            rows_d, t_d = part_digits(args)
-            rows, timing = rows + rows_d, {**timing, **t_d}
-    summary = summarise(rows)
-    result = {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": commit,
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "threads": args.threads,
-        "loadavg_start": load_start,
-        "loadavg_end": os.getloadavg(),
-        "note": "times measured under load (other jobs shared the 2 cores)" if load_start[0] > 2.5 else "",
-        "machine": {
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "cpu": platform.processor(),
-            "cpus": os.cpu_count(),
-        },
-        "args": vars(args),
-        "classes": list(TEXTURES),
-        "timing": timing,
-        "benchmark_seconds": sum(p["benchmark_seconds"] for p in provenance)
-        if args.merge
-        else time.perf_counter() - start,
-        "parts": provenance,
-        "summary": summary,
-        "runs": rows,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / args.name
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    tables = ""
-    if "photos" in summary:
-        tables += (
-            f"Few labels on real photos ({len(TEXTURES)} classes, chance {1 / len(TEXTURES):.3f}; "
-            f"{args.seeds} seeds):\n\n{markdown(summary, 'photos', LABELS['photos'])}\n\n"
-        )
-    if "digits" in summary:
-        tables += (
-            f"Which source? Digits target ({len(args.digit_seeds)} seeds, {args.digit_test} test scenes):\n\n"
-            f"{markdown(summary, 'digits', LABELS['digits'])}\n"
-        )
-    stem.with_suffix(".md").write_text(
-        f"<!-- {result['command']} @ {result['commit']} -->\n\n{tables}", encoding="utf-8"
-    )
-    print(tables)
-    print(f"wrote {stem}.json/.md in {result['benchmark_seconds']:.0f} s")
+        rows = []
+        for part in args.parts:
+            start = time.process_time()
+            rows += {"photos": part_photos, "digits": part_digits, "finetune": part_finetune}[part](args)
+            print(f"part {part}: {time.process_time() - start:.0f} s CPU", flush=True)
+        result = {"provenance": {**run_info(started), "cpu_seconds": round(time.process_time(), 1)},
+                  "args": vars(args)}
+    result.update({"classes": list(TEXTURES), "c_grid": list(C_GRID), "lr_grid": list(LR_GRID),
+                   "summary": summarise(rows), "runs": rows})
+    path = RESULTS / f"{args.name}.json"
+    path.write_text(json.dumps(result, indent=0), encoding="utf-8")
+    if {r["part"] for r in rows} == {"photos", "digits", "finetune"}:  # a complete result: its tables for the README
+        info = result["provenance"]
+        path.with_suffix(".md").write_text(f"<!-- {info['command']} @ {info['commit']} -->\n\n"
+                                           + markdown(result["summary"]), encoding="utf-8")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

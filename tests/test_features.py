@@ -71,3 +71,25 @@ def test_train_head_without_validation_picks_the_best_epoch_on_the_training_feat
     x, y = feats.tensors
     with torch.no_grad():
         assert history.val_acc[history.best_epoch] == (head(x).argmax(1) == y).float().mean().item()
+
+
+def test_pooled_features_at_equals_slicing_the_network():
+    from transferlab.features import pooled_features_at
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(),
+                        nn.LazyLinear(2))
+    x = torch.rand(10, 3, 8, 8)
+    net(x)  # materialise the lazy layer
+    net.train()
+    feats = pooled_features_at(net, DataLoader(TensorDataset(x, torch.zeros(10)), batch_size=4), ["2", "3", "5"])
+    assert net.training and not net[0]._forward_hooks  # mode restored, hooks removed
+    net.eval()
+    with torch.no_grad():  # plain PyTorch as the reference: run the network up to each layer
+        assert torch.allclose(feats["2"], net[:3](x).mean(dim=(2, 3)), atol=1e-6)
+        assert torch.allclose(feats["3"], net[:4](x).mean(dim=(2, 3)), atol=1e-6)
+        assert torch.allclose(feats["5"], net(x), atol=1e-6)
+    import pytest
+
+    with pytest.raises(ValueError, match="no submodule called"):
+        pooled_features_at(net, [(x, None)], ["blocks.2"])

@@ -8,7 +8,7 @@ cached vectors (with data augmentation this shortcut does not apply: each epoch 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from transferlab.training import Batch, History, fit
 
-__all__ = ["extract_features", "ShuffledBatches", "train_head"]
+__all__ = ["extract_features", "pooled_features_at", "ShuffledBatches", "train_head"]
 
 
 @torch.no_grad()
@@ -44,6 +44,53 @@ def extract_features(backbone: nn.Module, loader: Iterable[Batch], device: torch
     if not features:
         raise ValueError("the loader yielded no samples; nothing to extract.")
     return TensorDataset(torch.cat(features), torch.cat(labels))
+
+
+@torch.no_grad()
+def pooled_features_at(
+    model: nn.Module, loader: Iterable[Batch], layers: Sequence[str], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """One pass of ``model`` over ``loader`` (eval mode), returning the output of every named submodule in ``layers``
+    averaged over height and width: ``{name: (N, channels)}``, on the CPU. Several depths cost one forward pass.
+
+    A forward hook (``register_forward_hook``) on each layer copies its output as the batch goes through; the hooks
+    are removed and the model's train/eval mode restored afterwards. Names are those of ``model.named_modules()``.
+
+    Raises:
+        ValueError: a name is not a submodule of ``model`` (the message lists a few that are), or the loader is empty.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3))
+        >>> feats = pooled_features_at(net, [(torch.rand(2, 3, 9, 9), torch.zeros(2))], ["0", "2"])
+        >>> {name: tuple(f.shape) for name, f in feats.items()}
+        {'0': (2, 4), '2': (2, 8)}
+    """
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ValueError(f"no submodule called {missing} in {type(model).__name__}; names look like "
+                         f"{[n for n in modules if n][:6]} (see model.named_modules())")
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+
+    def keep(name: str):
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            pooled = output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(start_dim=1)
+            outputs[name].append(pooled.cpu())
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs, _ in loader:
+            model(inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not all(outputs.values()):
+        raise ValueError("the loader yielded no samples; nothing to extract.")
+    return {name: torch.cat(chunks) for name, chunks in outputs.items()}
 
 
 class ShuffledBatches:

@@ -22,7 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["PHOTOS", "TEXTURES", "few_shot_indices", "load_photo", "photo_patches", "photo_path"]
+__all__ = ["LAYOUTS", "PHOTOS", "TEXTURES", "few_shot_indices", "load_photo", "patch_positions", "photo_patches",
+           "photo_path"]
 
 # Real photographs in the wheel, name -> file (synthetic images such as `color`, `phantom`, `logo` are left out).
 _FILES = {
@@ -95,19 +96,67 @@ def _grey(name: str) -> Tensor:
         return torch.from_numpy(np.array(image.convert("L"), dtype=np.float32) / 255.0)
 
 
+LAYOUTS: tuple[str, ...] = ("checkerboard", "halves")
+
+
+def patch_positions(
+    name: str, split: str = "train", size: int = 64, per_class: int = 32, layout: str = "checkerboard"
+) -> Tensor:
+    """``(top, left)`` pixel corners of the ``per_class`` non-overlapping ``size`` x ``size`` patches of one split.
+
+    The photo is tiled on a grid of ``size`` x ``size`` squares. ``layout="checkerboard"``: a tile whose row + column
+    is even goes to train, odd to test, so both splits sample the whole photo (same distribution) and share no pixel;
+    if a split holds more than ``per_class`` tiles, ``per_class`` of them evenly spread over its list are kept.
+    ``layout="halves"``: train tiles from the left half, test tiles from the right half, the first ``per_class`` row
+    by row (this leaks a shift wherever the two halves of a photo differ).
+
+    Example:
+        >>> patch_positions("brick", "test")[:3].tolist()  # row 0: columns 1, 3, 5
+        [[0, 64], [0, 192], [0, 320]]
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    width, height = load_photo(name).size
+    rows = torch.arange(height // size)
+    if layout == "halves":
+        half = width // 2
+        cols = torch.arange(half // size) + (0 if split == "train" else half // size)
+        grid = torch.cartesian_prod(rows, cols) * size
+        if split == "test":
+            grid[:, 1] += half - (half // size) * size  # the right half starts at half, not on the tile grid
+        if len(grid) < per_class:
+            raise ValueError(f"half of {name!r} holds only {len(grid)} patches of {size}x{size}; ask for fewer")
+        return grid[:per_class]
+    grid = torch.cartesian_prod(rows, torch.arange(width // size))
+    grid = grid[(grid.sum(dim=1) % 2) == (0 if split == "train" else 1)]
+    if len(grid) < per_class:
+        raise ValueError(f"the {split} squares of {name!r} hold only {len(grid)} patches of {size}x{size}; "
+                         "ask for fewer")
+    keep = torch.linspace(0, len(grid) - 1, per_class).round().long()
+    return grid[keep] * size
+
+
 def photo_patches(
-    split: str = "train", names: tuple[str, ...] = TEXTURES, size: int = 64, per_class: int = 32
+    split: str = "train",
+    names: tuple[str, ...] = TEXTURES,
+    size: int = 64,
+    per_class: int = 32,
+    layout: str = "checkerboard",
 ) -> TensorDataset:
     """Non-overlapping grey ``size`` x ``size`` patches of each photo: a few-shot task on real photos.
 
-    Train patches come from the LEFT half of every photo, test patches from the RIGHT half, so no test pixel was
-    ever seen in training. Patches are cut on a grid (row by row) and the first ``per_class`` are kept.
+    Train and test patches never share a pixel. With ``layout="checkerboard"`` (default) they alternate like the
+    squares of a chess board, so both come from the whole photo; ``layout="halves"`` takes train from the left half
+    and test from the right half (see :func:`patch_positions`).
 
     Args:
-        split: ``"train"`` (left halves) or ``"test"`` (right halves).
+        split: ``"train"`` or ``"test"``.
         names: the photos, one class each (label = position in ``names``).
         size: patch side in pixels.
         per_class: patches per photo.
+        layout: ``"checkerboard"`` or ``"halves"``.
     Returns:
         ``TensorDataset(images, labels)``: images ``(N, 3, size, size)`` float in [0, 1] (grey copied to R, G, B),
         labels ``(N,)`` int64, ``per_class`` per class, in class order.
@@ -117,17 +166,11 @@ def photo_patches(
         >>> images.shape, labels.bincount().tolist()
         (torch.Size([192, 3, 64, 64]), [32, 32, 32, 32, 32, 32])
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' (left halves) or 'test' (right halves), got {split!r}")
     images, labels = [], []
     for label, name in enumerate(names):
         grey = _grey(name)
-        half = grey[:, : grey.shape[1] // 2] if split == "train" else grey[:, grey.shape[1] // 2 :]
-        grid = half.unfold(0, size, size).unfold(1, size, size)  # (rows, cols, size, size), no overlap
-        patches = grid.reshape(-1, size, size)
-        if len(patches) < per_class:
-            raise ValueError(f"half of {name!r} holds only {len(patches)} patches of {size}x{size}; ask for fewer")
-        images.append(patches[:per_class])
+        corners = patch_positions(name, split, size, per_class, layout)
+        images.append(torch.stack([grey[t : t + size, left : left + size] for t, left in corners.tolist()]))
         labels.append(torch.full((per_class,), label, dtype=torch.int64))
     return TensorDataset(torch.cat(images).unsqueeze(1).expand(-1, 3, -1, -1).contiguous(), torch.cat(labels))
 
