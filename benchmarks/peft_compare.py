@@ -22,6 +22,10 @@ original letters head (forgetting), seed 0's run at twice the budget (convergenc
 Usage (from the repository root, with ``PYTHONPATH=src``)::
 
     python benchmarks/peft_compare.py --threads 1        # writes src/transferlab/results/peft_compare.json
+    # or in parts, in parallel (one thread each; every run seeds itself, so the grouping changes no number):
+    for part in "probe lora_r2" bitfit full lora_r8; do
+        python benchmarks/peft_compare.py --methods $part --name peft_part_${part// /_} & done; wait
+    python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json   # then delete the parts
 """
 
 from __future__ import annotations
