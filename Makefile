@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help install lock lab test unit notebooks weights benchmarks clean lint \
+.PHONY: bench-peft help install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
@@ -152,6 +152,16 @@ check-browser: install
 .PHONY: benchmark-real-photos
 benchmark-real-photos: install
 	$(BIN)/python benchmarks/real_photos.py
+
+## Notebook 13's table: probe, BitFit, LoRA r=2/8, full fine-tuning on the digits; four parts in parallel, one thread
+## each (about 6 min of CPU a part), merged; a part that fails fails the target.
+bench-peft: install
+	pids=""; for part in "probe lora_r2" bitfit full lora_r8; do \
+		$(BIN)/python benchmarks/peft_compare.py --threads 1 --methods $$part --name peft_part_$$(echo $$part | tr ' ' _) & \
+		pids="$$pids $$!"; \
+	done; for pid in $$pids; do wait $$pid || exit 1; done
+	$(BIN)/python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json --name peft_compare
+	rm -f src/transferlab/results/peft_part_*.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
