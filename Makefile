@@ -42,9 +42,9 @@ lab: install
 test: install
 	$(BIN)/python -m pytest -n 3 --dist loadfile
 
-## Unit tests only (fast: no notebooks, no tests marked `slow`, e.g. the JupyterLab start).
+## Unit tests and docstring examples only (no notebook, no kernel-starting `slow` test; about 30 s on two workers).
 unit: install
-	$(BIN)/python -m pytest tests src -m "not slow" -o addopts="-p no:cacheprovider --doctest-modules"
+	$(BIN)/python -m pytest tests src -m "not slow" -n 2 -o addopts="-p no:cacheprovider --doctest-modules"
 
 ## Lint the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
 lint: install
