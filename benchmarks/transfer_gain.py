@@ -61,7 +61,7 @@ from transferlab.features import extract_features
 from transferlab.heads import replace_head
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.serialization import load_state_dict_file
-from transferlab.training import evaluate, train_steps
+from transferlab.training import evaluate, train_recipe
 
 from provenance import RESULTS, csv_header, run_info, run_started
 
@@ -99,17 +99,14 @@ def batches(images: Tensor, labels: Tensor, size: int = 500) -> list[tuple[Tenso
 def recipe(model: nn.Module, params: Iterable[nn.Parameter], images: Tensor, labels: Tensor, lr: float,
            steps: int, batch: int, seed: int, transform: Callable[[Tensor], Tensor] | None = None,
            generator: torch.Generator | None = None) -> None:
-    """The one training recipe of every method, here and in notebook 05 (which runs it with fewer steps).
+    """The one training recipe of every method: `transferlab.training.train_recipe`, as notebook 05 runs it.
 
     ``steps`` AdamW steps (PyTorch's default weight decay, 0.01) at learning rate ``lr`` with a cosine schedule
     down to 0, each on ``batch`` images drawn with replacement by a generator seeded with ``seed``; the weights
     after the last step are the result (no best-epoch selection).
     """
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = generator or torch.Generator().manual_seed(seed)
-    train_steps(model, (images, labels), steps, optimizer, batch_size=batch, generator=generator,
-                transform=transform, scheduler=schedule)
+    train_recipe(model, params, (images, labels), steps, lr, seed=seed, batch_size=batch, transform=transform,
+                 generator=generator)
 
 
 def accuracies(model: nn.Module, held_out: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
