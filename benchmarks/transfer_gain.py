@@ -1,20 +1,24 @@
 """How much does the course's pretrained TinyResNet help on the target task? (a benchmark script, not a test)
 
-For k labelled images per class in {1, 5, 10, 20, 50, all} (100 on request) and 5 seeds (the seed picks the k images,
-the initialisation of every new layer and the batch order), each method gets the same budget of optimisation steps
-(``transferlab.training.train_steps``: AdamW, cosine schedule, batches drawn with replacement by a seeded generator):
+For k labelled images per class in {1, 5, 20, all} (10, 50, 100 on request) and 5 seeds (the seed picks the k
+images, the initialisation of every new layer and the batch order), every method gets the same recipe and budget
+(``recipe``: ``--steps`` AdamW steps, default weight decay, cosine schedule, batches of ``--batch`` drawn with
+replacement by a seeded generator, the last weights tested) and its learning rate from the SAME grid (``--lrs``),
+chosen per k by the mean accuracy on the VALIDATION part of the held-out set (``split_held_out``: the scenes of 100
+of its 500 digit images; the other 800 scenes are the test part, reported):
 
-* ``scratch``     ``tiny_resnet(num_classes=10)`` from random init, every layer trained; the best of a few learning
-                  rates is reported (each learning rate's own mean is stored too);
+* ``scratch``     ``tiny_resnet(num_classes=10)`` from random init, every layer trained;
 * ``features``    the pretrained backbone (``TinyResNet_Weights.DEFAULT``) frozen as a fixed feature extractor
                   (``extract_features``: computed once), the new head from ``replace_head`` trained on them;
 * ``finetune``    the pretrained backbone with the new head, every layer trained;
-* ``logreg``      scikit-learn logistic regression on the raw pixels, as a reference.
+* ``logreg``      scikit-learn logistic regression on the raw pixels, the baseline (``C`` chosen on validation).
 
-Inputs are normalised with ``TinyResNet_Weights.DEFAULT.transforms()``. Accuracy (``transferlab.training.evaluate``) is
-measured on the fixed held-out target test set (1,000 scenes of 500 digit images no training set contains). Wall time
-of every run is recorded, and the pretraining time is read from the weights' metadata. Every results file records
-the command, the commit, the thread count and the load average (see ``benchmarks/provenance.py``).
+At ``--convergence-ks`` scratch runs again with twice the steps at its chosen learning rate: is it under-trained?
+Notebook 05 runs the same recipe and grid with 20 steps at k = 5. Spreads are sample standard deviations (ddof = 1)
+and every comparison is paired over seeds (``paired``: a tie unless the mean difference clears 2 standard errors).
+Inputs are normalised with ``TinyResNet_Weights.DEFAULT.transforms()``. Wall and CPU time of every run are recorded,
+and the pretraining time is read from the weights' metadata. Every results file records the command, the commit,
+the thread count and the load average (see ``benchmarks/provenance.py``).
 
 Usage (from the repository root, with ``PYTHONPATH=src``; the Makefile's ``bench-*`` targets run the committed ones)::
 
@@ -22,10 +26,11 @@ Usage (from the repository root, with ``PYTHONPATH=src``; the Makefile's ``bench
     python benchmarks/transfer_gain.py --ks 5 --threads 1 --name transfer_gain_k5 \\
         --compare src/transferlab/results/transfer_gain.json  # the README's k=5 row (make bench-transfer)
     # parts can run in parallel (one thread each) and be merged; every run seeds itself, so the numbers do not
-    # depend on how the runs are grouped (the committed results were made as part_a, part_b, part_c this way)
-    python benchmarks/transfer_gain.py --ks 1 5 10 20 --threads 1 --name part_a &
-    python benchmarks/transfer_gain.py --ks 50 all --threads 1 --name part_b; wait
-    python benchmarks/transfer_gain.py --merge src/transferlab/results/part_a.json src/transferlab/results/part_b.json
+    # depend on how the runs are grouped
+    python benchmarks/transfer_gain.py --ks 1 5 --threads 1 --name part_a & a=$!
+    python benchmarks/transfer_gain.py --ks 20 all --threads 1 --name part_b & b=$!
+    wait $a && wait $b && python benchmarks/transfer_gain.py --merge src/transferlab/results/part_a.json \\
+        src/transferlab/results/part_b.json
     # ablation (make bench-ablation): pretrain without the digit-like letters, then transfer those weights
     python -m transferlab.pretrain --exclude OlZSbBg --threads 1 --out /tmp/ablation.pt
     python benchmarks/transfer_gain.py --ks 5 10 --methods features finetune --weights /tmp/ablation.pt --threads 1
@@ -56,12 +61,15 @@ from transferlab.features import extract_features
 from transferlab.heads import replace_head
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.serialization import load_state_dict_file
-from transferlab.training import evaluate, train_steps
+from transferlab.training import evaluate, train_recipe
 
 from provenance import RESULTS, csv_header, run_info, run_started
 
 ALL_KS = ("1", "5", "10", "20", "50", "100", "all")
-DEFAULT_KS = ("1", "5", "10", "20", "50", "all")  # k=100 is close to all (124-133 per class); run it with --ks
+TEST_SCENES = 2  # the held-out set shows every digit image in this many scenes (data.TARGET_TEST_SCENES)
+VAL_DIGITS = 100  # digit images whose scenes form the validation part of the held-out set
+LRS = (1e-3, 3e-3, 1e-2)  # the one learning-rate grid of every method (notebook 05 uses the same)
+DEFAULT_KS = ("1", "5", "20", "all")  # 10 and 50 cut to fit 35 min of one core; k=100 is close to all
 NORMALISE = TinyResNet_Weights.DEFAULT.transforms()
 
 
@@ -88,19 +96,22 @@ def batches(images: Tensor, labels: Tensor, size: int = 500) -> list[tuple[Tenso
     return list(zip(images.split(size), labels.split(size), strict=True))
 
 
-def budget(model: nn.Module, params: Iterable[nn.Parameter], images: Tensor, labels: Tensor, lr: float,
-           args: argparse.Namespace, seed: int, transform: Callable[[Tensor], Tensor] | None = None,
+def recipe(model: nn.Module, params: Iterable[nn.Parameter], images: Tensor, labels: Tensor, lr: float,
+           steps: int, batch: int, seed: int, transform: Callable[[Tensor], Tensor] | None = None,
            generator: torch.Generator | None = None) -> None:
-    """The same budget for every method: ``args.steps`` AdamW steps, cosine schedule, batches drawn by ``seed``."""
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
-    generator = generator or torch.Generator().manual_seed(seed)
-    train_steps(model, (images, labels), args.steps, optimizer, batch_size=min(args.batch, 8 * len(labels)),
-                generator=generator, transform=transform, scheduler=schedule)
+    """The one training recipe of every method: `transferlab.training.train_recipe`, as notebook 05 runs it.
+
+    ``steps`` AdamW steps (PyTorch's default weight decay, 0.01) at learning rate ``lr`` with a cosine schedule
+    down to 0, each on ``batch`` images drawn with replacement by a generator seeded with ``seed``; the weights
+    after the last step are the result (no best-epoch selection).
+    """
+    train_recipe(model, params, (images, labels), steps, lr, seed=seed, batch_size=batch, transform=transform,
+                 generator=generator)
 
 
-def test_accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    return evaluate(model, batches(images, labels))[1]
+def accuracies(model: nn.Module, held_out: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Accuracy on the validation and the test part of the held-out set."""
+    return {part: evaluate(model, batches(images, labels))[1] for part, (images, labels) in held_out.items()}
 
 
 def pretrained(weights: str | None, seed: int) -> nn.Module:
@@ -115,82 +126,138 @@ def pretrained(weights: str | None, seed: int) -> nn.Module:
     return replace_head(model, len(TARGET_CLASSES))
 
 
+def split_held_out(test) -> dict[str, tuple[Tensor, Tensor]]:
+    """The fixed held-out set cut into validation (picks learning rates) and test (reported), by digit image.
+
+    The held-out set shows each of its 500 digit images in two scenes; the scenes of the first ``VAL_DIGITS``
+    digit images (200 scenes) are the validation part, the other 800 the test part, so no digit image is in both.
+    Notebook 05 uses the first 100 scenes as validation and the next 300 as test: a subset of the same split.
+    """
+    digit = torch.arange(len(test)) % (len(test) // TEST_SCENES)
+    val = digit < VAL_DIGITS
+    return {"val": (test.images[val], test.labels[val]), "test": (test.images[~val], test.labels[~val])}
+
+
+def normalised(held_out, prep: Callable[[Tensor], Tensor] = lambda x: x) -> dict[str, tuple[Tensor, Tensor]]:
+    return {part: (NORMALISE(prep(images)), labels) for part, (images, labels) in held_out.items()}
+
+
 # ------------------------------------------------------------------------------------------------------- the methods
-def run_scratch(train, test, seed, args, lr, variant="plain") -> float:
+def run_scratch(train, held_out, seed, args, lr, steps=None, variant="plain") -> dict[str, float]:
     torch.manual_seed(seed)
     model = tiny_resnet(num_classes=len(TARGET_CLASSES))
     prep = greyscale if variant == "grey" else (lambda x: x)
+    steps, batch = steps or args.steps, min(args.batch, 8 * len(train.labels))
     if variant == "augment":  # augmented per step, with the generator that draws the batches
         g = torch.Generator().manual_seed(seed)
-        budget(model, model.parameters(), train.images, train.labels, lr, args, seed,
+        recipe(model, model.parameters(), train.images, train.labels, lr, steps, batch, seed,
                transform=lambda x: NORMALISE(augment(x, g)), generator=g)
     else:
-        budget(model, model.parameters(), NORMALISE(prep(train.images)), train.labels, lr, args, seed)
-    return test_accuracy(model, NORMALISE(prep(test.images)), test.labels)
+        recipe(model, model.parameters(), NORMALISE(prep(train.images)), train.labels, lr, steps, batch, seed)
+    return accuracies(model, normalised(held_out, prep))
 
 
-def run_finetune(train, test, seed, args) -> float:
+def run_finetune(train, held_out, seed, args, lr) -> dict[str, float]:
     model = pretrained(args.weights, seed)
-    budget(model, model.parameters(), NORMALISE(train.images), train.labels, args.ft_lr, args, seed)
-    return test_accuracy(model, NORMALISE(test.images), test.labels)
+    recipe(model, model.parameters(), NORMALISE(train.images), train.labels, lr, args.steps,
+           min(args.batch, 8 * len(train.labels)), seed)
+    return accuracies(model, normalised(held_out))
 
 
-def run_features(train, test, seed, args) -> float:
-    model = pretrained(args.weights, seed)
-    head, model.fc = model.fc, nn.Identity()
-    f_train = extract_features(model, batches(NORMALISE(train.images), train.labels))  # once, not once per step
-    f_test = extract_features(model, batches(NORMALISE(test.images), test.labels))
-    budget(head, head.parameters(), *f_train.tensors, args.fe_lr, args, seed)
-    return test_accuracy(head, *f_test.tensors)
+_FEATURES: dict[tuple, object] = {}  # the backbone runs once per image set, not once per learning rate
 
 
-def run_logreg(train, test, seed, args) -> float:
+def _features(args, key, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    if key not in _FEATURES:
+        _FEATURES.clear() if len(_FEATURES) > 8 else None
+        model = pretrained(args.weights, 0)
+        model.fc = nn.Identity()
+        _FEATURES[key] = extract_features(model, batches(NORMALISE(images), labels)).tensors
+    return _FEATURES[key]
+
+
+def run_features(train, held_out, seed, args, lr) -> dict[str, float]:
+    head = pretrained(args.weights, seed).fc  # the same seeded head as fine-tuning's
+    f_train = _features(args, ("train", len(train), seed, int(train.source_index.sum())), train.images, train.labels)
+    f_held = {part: _features(args, (part,), *data) for part, data in held_out.items()}
+    recipe(head, head.parameters(), *f_train, lr, args.steps, min(args.batch, 8 * len(train.labels)), seed)
+    return accuracies(head, f_held)
+
+
+def run_logreg(train, held_out, seed, args, c) -> dict[str, float]:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
     with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = LogisticRegression(C=args.logreg_c, max_iter=300).fit(train.images.flatten(1).numpy(), train.labels)
-    return float(clf.score(test.images.flatten(1).numpy(), test.labels.numpy()))
+        clf = LogisticRegression(C=c, max_iter=300).fit(train.images.flatten(1).numpy(), train.labels)
+    return {part: float(clf.score(images.flatten(1).numpy(), labels.numpy()))
+            for part, (images, labels) in held_out.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
-def planned_runs(args) -> list[tuple[str, Callable[..., float], tuple]]:
+def planned_runs(args) -> list[tuple[str, Callable[..., dict[str, float]], tuple]]:
     """``(name, method, extra arguments)`` of every run on one training set, in the order they run."""
-    runs = [(f"scratch@{lr:g}", run_scratch, (lr, args.scratch_variant)) for lr in args.scratch_lrs]
-    runs = runs if "scratch" in args.methods else []
-    others = {"features": run_features, "finetune": run_finetune, "logreg": run_logreg}
-    return runs + [(name, method, ()) for name, method in others.items() if name in args.methods]
+    runs = []
+    if "scratch" in args.methods:
+        grid = args.scratch_lrs or args.lrs
+        runs += [(f"scratch@{lr:g}", run_scratch, (lr, None, args.scratch_variant)) for lr in grid]
+    for name, method in (("features", run_features), ("finetune", run_finetune)):
+        if name in args.methods:
+            runs += [(f"{name}@{lr:g}", method, (lr,)) for lr in args.lrs]
+    if "logreg" in args.methods:
+        runs += [(f"logreg@{c:g}", run_logreg, (c,)) for c in args.logreg_cs]
+    return runs
 
 
 def benchmark(args) -> list[dict]:
-    test = target_dataset("test", difficulty=args.difficulty, palette=args.palette)
+    held_out = split_held_out(target_dataset("test", difficulty=args.difficulty, palette=args.palette))
     rows = []
+
+    def record(k_name, train, seed, name, method, extra):
+        seed_everything(seed)
+        start, cpu = time.perf_counter(), time.process_time()
+        acc = method(train, held_out, seed, args, *extra)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        row = {"k": k_name, "n_train": len(train), "seed": seed, "run": name, "acc": acc["test"],
+               "val_acc": acc["val"], "seconds": seconds, "cpu_seconds": cpu}
+        rows.append(row)
+        print(f"k={k_name:>4} seed={seed} {name:<18} val={acc['val']:.3f} test={acc['test']:.3f}  {seconds:5.1f} s "
+              f"(cpu {cpu:5.1f} s)", flush=True)
+
     for k_name in args.ks:
         k = None if k_name == "all" else int(k_name)
+        sets = {}
         for seed in range(args.seeds):
-            train = target_dataset("train", k=k, seed=seed, difficulty=args.difficulty, palette=args.palette)
+            train = sets[seed] = target_dataset("train", k=k, seed=seed, difficulty=args.difficulty,
+                                                palette=args.palette)
             for name, method, extra in planned_runs(args):
-                seed_everything(seed)
-                start = time.perf_counter()
-                acc = method(train, test, seed, args, *extra)
-                seconds = time.perf_counter() - start
-                row = {"k": k_name, "n_train": len(train), "seed": seed, "run": name, "acc": acc, "seconds": seconds}
-                rows.append(row)
-                print(f"k={k_name:>4} seed={seed} {name:<16} acc={acc:.3f}  {seconds:5.1f} s", flush=True)
+                record(k_name, train, seed, name, method, extra)
+        if "scratch" in args.methods and k_name in args.convergence_ks:
+            # the convergence check: scratch at its chosen learning rate, with `convergence_factor` x the steps
+            lr = summarise([r for r in rows if r["k"] == k_name])[k_name]["scratch"]["lr"]
+            steps = args.convergence_factor * args.steps
+            for seed in range(args.seeds):
+                record(k_name, sets[seed], seed, f"scratch_x{args.convergence_factor}@{lr:g}", run_scratch,
+                       (lr, steps, args.scratch_variant))
     return rows
 
 
 def _stats(runs: list[dict]) -> dict[str, float]:
-    accs = [r["acc"] for r in runs]
-    std = statistics.pstdev(accs) if len(accs) > 1 else 0.0
-    return {"mean": statistics.mean(accs), "std": std, "seconds": statistics.mean(r["seconds"] for r in runs),
-            "n": len(runs)}
+    accs, vals = [r["acc"] for r in runs], [r.get("val_acc", float("nan")) for r in runs]
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0  # ddof = 1: the sample standard deviation
+    return {"mean": statistics.mean(accs), "std": std, "val_mean": statistics.mean(vals),
+            "seconds": statistics.mean(r["seconds"] for r in runs), "n": len(runs),
+            "seeds": [r["seed"] for r in runs]}
+
+
+METHODS = ("scratch", "features", "finetune", "logreg")
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per k and method: mean and std over seeds; ``scratch`` is the learning rate with the best mean."""
+    """Per k and run: mean and std (ddof = 1) over seeds; per method, the learning rate (for logistic regression
+    the ``C``) with the best mean VALIDATION accuracy, reported with its test accuracy."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         by_run: dict[str, list[dict]] = {}
@@ -198,26 +265,44 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
             if r["k"] == k:
                 by_run.setdefault(r["run"], []).append(r)
         stats = {name: _stats(runs) for name, runs in by_run.items()}
-        scratch = [n for n in stats if n.startswith("scratch@")]
-        if scratch:
-            best = max(scratch, key=lambda n: stats[n]["mean"])
-            stats["scratch"] = {**stats[best], "lr": float(best.split("@")[1])}
+        for method in METHODS:
+            grid = [n for n in stats if n.startswith(method + "@")]
+            if grid:
+                best = max(grid, key=lambda n: stats[n]["val_mean"])
+                lr = float(best.split("@")[1])
+                values = sorted(float(n.split("@")[1]) for n in grid)
+                # a choice at the edge of the grid says the grid may be too narrow for that method
+                at_edge = len(values) > 1 and lr in (values[0], values[-1])
+                stats[method] = {**stats[best], "lr": lr, "run": best, "at_edge": at_edge}
+        converged = [n for n in stats if n.startswith("scratch_x")]
+        if converged and "scratch" in stats:
+            stats["scratch_longer"] = {**stats[converged[0]], "lr": float(converged[0].split("@")[1]),
+                                       "run": converged[0]}
         table[k] = stats
     return table
 
 
-def verdict(table) -> dict[str, dict[str, float]]:
-    """Gap between the best transfer method and the best scratch run, in points and in pooled stds."""
-    out = {}
-    for k, s in table.items():
-        if "scratch" not in s or not {"features", "finetune"} & set(s):
-            continue
-        best = max((m for m in ("features", "finetune") if m in s), key=lambda m: s[m]["mean"])
-        gap = s[best]["mean"] - s["scratch"]["mean"]
-        pooled = ((s[best]["std"] ** 2 + s["scratch"]["std"] ** 2) / 2) ** 0.5
-        # with a single seed there is no spread to compare against
-        ratio = gap / pooled if pooled > 0 else float("nan")
-        out[k] = {"best_transfer": best, "gap_points": 100 * gap, "gap_over_pooled_std": ratio}
+PAIRS = (("finetune", "features"), ("features", "scratch"), ("finetune", "scratch"), ("logreg", "scratch"),
+         ("features", "logreg"), ("scratch_longer", "scratch"))
+
+
+def paired(rows: list[dict], table) -> dict[str, dict[str, dict[str, float]]]:
+    """Per k, A - B paired over seeds (the same seed: the same training images): mean, std (ddof = 1), standard
+    error, and the verdict: A or B when the mean clears 2 standard errors, else "tie"."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for k, stats in table.items():
+        acc = {(r["run"], r["seed"]): r["acc"] for r in rows if r["k"] == k}
+        for a, b in PAIRS:
+            if a not in stats or b not in stats:
+                continue
+            seeds = sorted(set(stats[a]["seeds"]) & set(stats[b]["seeds"]))
+            diffs = [acc[stats[a]["run"], s] - acc[stats[b]["run"], s] for s in seeds]
+            mean = statistics.mean(diffs)
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+            se = sd / len(diffs) ** 0.5
+            verdict = (a if mean > 0 else b) if abs(mean) > 2 * se else "tie"
+            out.setdefault(k, {})[f"{a}-{b}"] = {"mean": mean, "std": sd, "se": se, "n": len(diffs),
+                                                 "verdict": verdict}
     return out
 
 
@@ -238,23 +323,26 @@ def compare(rows: list[dict], path: str) -> dict[str, object]:
             "all_identical": not differ and not missing}
 
 
-NAMES = {"scratch": "from scratch (best lr)", "features": "fixed features", "finetune": "full fine-tuning",
+NAMES = {"scratch": "from scratch", "features": "fixed features", "finetune": "full fine-tuning",
          "logreg": "logistic regression (pixels)"}
 
 
 def markdown_table(table) -> str:
-    """Mean +- std (over seeds) of every method per k, and the mean seconds per run, as a Markdown table."""
+    """Mean +- std (ddof = 1, over seeds) of every method per k at its validation-chosen learning rate (``C`` for
+    logistic regression), and the mean seconds per run, as a Markdown table."""
     methods = [m for m in NAMES if any(m in s for s in table.values())]
     lines = ["| k per class | " + " | ".join(NAMES[m] for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for k, s in table.items():
         cells = []
         for m in methods:
-            lr = f" (lr {s[m]['lr']:g})" if m == "scratch" and m in s else ""
-            cells.append(f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}{lr}" if m in s else "")
+            lr = f" ({'C' if m == 'logreg' else 'lr'} {s[m]['lr']:g})" if m in s else ""
+            edge = "*" if m in s and s[m].get("at_edge") else ""
+            cells.append(f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}{lr}{edge}" if m in s else "")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     seconds = [f"{NAMES[m]} {statistics.mean(s[m]['seconds'] for s in table.values() if m in s):.1f} s"
                for m in methods]
-    return "\n".join(lines) + "\n\nMean wall time per run: " + ", ".join(seconds) + "."
+    return ("\n".join(lines) + "\n\n(lr / C chosen on the validation part; * at the edge of its grid.) "
+            "Mean wall time per run: " + ", ".join(seconds) + ".")
 
 
 def plot(table, path: str, title: str, info: dict) -> None:
@@ -291,13 +379,17 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", default=["scratch", "features", "finetune", "logreg"],
                    choices=["scratch", "features", "finetune", "logreg"])
     p.add_argument("--steps", type=int, default=150, help="optimisation steps per run (same for every method)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--scratch-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2],
-                   help="scratch runs at each; the best mean is reported (3e-4 and 1e-3 were tried, never best)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lrs", type=float, nargs="+", default=list(LRS),
+                   help="the learning-rate grid of every method; each method's is chosen on the validation part")
+    p.add_argument("--scratch-lrs", type=float, nargs="+", default=None,
+                   help="a grid for scratch alone (the rescue experiments); default: --lrs")
     p.add_argument("--scratch-variant", default="plain", choices=["plain", "grey", "augment"])
-    p.add_argument("--ft-lr", type=float, default=1e-3)
-    p.add_argument("--fe-lr", type=float, default=1e-2)
-    p.add_argument("--logreg-c", type=float, default=0.1)
+    p.add_argument("--logreg-cs", type=float, nargs="+", default=[0.01, 0.1, 1.0],
+                   help="inverse regularisation strengths of the pixel baseline, chosen on the validation part")
+    p.add_argument("--convergence-ks", nargs="*", default=["5", "all"], choices=ALL_KS,
+                   help="at these k, scratch runs again at its chosen lr with --convergence-factor x the steps")
+    p.add_argument("--convergence-factor", type=int, default=2)
     p.add_argument("--difficulty", type=float, default=None, help="target scene difficulty (default: the data's)")
     p.add_argument("--palette", default=None, help="target palette (default: the data's)")
     p.add_argument("--weights", default=None, help="a state_dict file to transfer instead of the shipped weights "
@@ -319,12 +411,14 @@ def write_results(stem: str, result: dict) -> None:
         f.write("\n")
     with open(stem + ".csv", "w", newline="", encoding="utf-8") as f:
         f.write(csv_header(result["provenance"]))
-        writer = csv.DictWriter(f, fieldnames=["k", "method", "mean", "std", "seconds_per_run", "n_seeds", "lr"])
+        fields = ["k", "method", "mean", "std", "val_mean", "seconds_per_run", "n_seeds", "lr"]
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for k, stats in result["summary"].items():
             for m, s in stats.items():
                 row = {"k": k, "method": m, "mean": round(s["mean"], 4), "std": round(s["std"], 4),
-                       "seconds_per_run": round(s["seconds"], 2), "n_seeds": s["n"], "lr": s.get("lr", "")}
+                       "val_mean": round(s["val_mean"], 4), "seconds_per_run": round(s["seconds"], 2),
+                       "n_seeds": s["n"], "lr": s.get("lr", "")}
                 writer.writerow(row)
     args = result["args"]
     title = f"TinyResNet, target: digits in scenes ({args['seeds']} seeds, {args['steps']} steps each)"
@@ -359,8 +453,9 @@ def main(argv=None) -> int:
         "pretraining_seconds": meta.get("build", {}).get("seconds") if not args.weights else None,
         "source_test_accuracy": meta.get("_metrics") if not args.weights else None,
         "benchmark_seconds": sum(p["benchmark_seconds"] for p in parts) if parts else time.time() - started["time"],
+        "benchmark_cpu_seconds": sum(r.get("cpu_seconds", 0.0) for r in rows),  # one thread: the core-seconds
         "summary": table,
-        "gap": verdict(table),
+        "paired": paired(rows, table),
         "repeat_check": compare(rows, args.compare) if args.compare else None,
         "runs": rows,
     }
@@ -368,9 +463,9 @@ def main(argv=None) -> int:
     stem = str(RESULTS / args.name)
     write_results(stem, result)
     print(markdown_table(table))
-    for k, v in result["gap"].items():
-        print(f"k={k:>4}: best transfer ({v['best_transfer']}) beats scratch by {v['gap_points']:.1f} points "
-              f"= {v['gap_over_pooled_std']:.1f} pooled std")
+    for k, pairs in result["paired"].items():
+        print(f"k={k:>4} paired over seeds: " + "; ".join(f"{name} {100 * v['mean']:+.1f} ± {100 * v['se']:.1f} pts "
+                                                          f"(se) -> {v['verdict']}" for name, v in pairs.items()))
     print(f"wrote {stem}.json/.csv/.png")
     if result["repeat_check"] is not None:
         check = result["repeat_check"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlab.training import History, evaluate, fit, predict, train_one_epoch, train_steps
+from transferlab.training import History, evaluate, fit, predict, train_one_epoch, train_recipe, train_steps
 
 
 def blobs(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -183,6 +183,17 @@ def test_train_steps_matches_a_plain_pytorch_loop():
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # the scheduler stepped once per step
+
+
+def test_train_recipe_is_adamw_with_a_cosine_schedule_on_seeded_batches():
+    x, y = blobs().tensors
+    a, b = make_model(), make_model()
+    losses = train_recipe(a, a.parameters(), (x, y), 12, 0.05, seed=3, batch_size=16)
+    assert losses == plain_steps(b, x, y, 12, seed=3)  # the recipe written out in plain PyTorch
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    c = make_model()
+    assert train_recipe(c, c.parameters(), (x, y), 12, 0.05, seed=4, batch_size=16) != losses  # the seed matters
 
 
 def test_train_steps_repeats_with_the_same_seed_and_differs_with_another():

@@ -17,7 +17,7 @@ from torch import nn
 
 from transferlab.progress import tqdm
 
-__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "BatchSource"]
+__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "train_recipe", "BatchSource"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A batch source for `train_steps`: called with the step number, returns that step's (inputs, targets).
@@ -270,3 +270,40 @@ def train_steps(
         if on_step is not None:
             on_step(step, loss.item())
     return torch.stack(losses).cpu().tolist()
+
+
+def train_recipe(
+    model: nn.Module,
+    params: Iterable[nn.Parameter],
+    data: Batch,
+    steps: int,
+    lr: float,
+    *,
+    seed: int,
+    batch_size: int = 32,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """The course's comparison recipe (notebook 05 and ``benchmarks/transfer_gain.py``), one call of `train_steps`.
+
+    ``steps`` AdamW steps on ``params`` (PyTorch's default weight decay, 0.01) at learning rate ``lr`` with a
+    cosine schedule down to 0, each on ``batch_size`` samples of ``data`` drawn with replacement by a generator
+    seeded with ``seed`` (or by ``generator``, e.g. one that a random ``transform`` shares). The weights after the
+    last step are the result (no best-epoch selection).
+
+    Returns:
+        the training loss of every step.
+
+    Example:
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.randn(20, 4), torch.arange(20) % 3
+        >>> len(train_recipe(model, model.parameters(), (x, y), 5, 1e-2, seed=0, batch_size=8))
+        5
+    """
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    return train_steps(model, data, steps, optimizer, batch_size=batch_size,
+                       generator=generator or torch.Generator().manual_seed(seed), transform=transform,
+                       scheduler=schedule,
+                       device=device)
