@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: bench-peft help install lock lab test unit notebooks weights benchmarks clean lint \
+.PHONY: bench-peft bench-shift help install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
@@ -162,6 +162,11 @@ bench-peft: install
 	done; for pid in $$pids; do wait $$pid || exit 1; done
 	$(BIN)/python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json --name peft_compare
 	rm -f src/transferlab/results/peft_part_*.json
+
+## Notebook 10's grid: 5 source seeds x 4 shifts (AdaBN and its source-domain control, the pool-size sweep, bn1 only,
+## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).
+bench-shift: install
+	$(BIN)/python benchmarks/domain_shift.py --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
