@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: bench-peft bench-shift help install lock lab test unit notebooks weights benchmarks clean lint \
+.PHONY: bench-peft bench-shift bench-unfreezing help install lock lab test unit notebooks weights benchmarks clean lint \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
@@ -73,15 +73,14 @@ TRANSFER = $(BIN)/python benchmarks/transfer_gain.py --threads 1
 
 ## The README table's k=5 row, 5 seeds, compared run by run with the full table's results.
 bench-transfer: install
-	$(TRANSFER) --ks 5 --name transfer_gain_k5 --compare src/transferlab/results/transfer_gain.json
+	$(TRANSFER) --ks 5 --seeds 3 --name transfer_gain_k5 --compare src/transferlab/results/transfer_gain.json
 
-## The whole README table (6 values of k x 5 seeds): three parts in parallel, then merged.
+## The README table (k = 1, 5, 20, all x 3 seeds; every method's learning rate chosen on validation): one k per
+## process, one thread, one after another; a failed part stops the target.
 bench-table: install
-	$(TRANSFER) --ks 1 5 10 20 --scratch-lrs 3e-3 1e-2 --name part_a & \
-	$(TRANSFER) --ks 50 all --scratch-lrs 3e-3 1e-2 --name part_b & \
-	$(TRANSFER) --ks 5 10 1 20 50 all --methods scratch --scratch-lrs 3e-2 --name part_c & \
-	wait
-	$(TRANSFER) --merge src/transferlab/results/part_a.json src/transferlab/results/part_b.json src/transferlab/results/part_c.json
+	for k in 5 all 20 1; do $(TRANSFER) --seeds 3 --ks $$k --name part_k$$k || exit 1; done
+	$(TRANSFER) --merge src/transferlab/results/part_k1.json src/transferlab/results/part_k5.json \
+		src/transferlab/results/part_k20.json src/transferlab/results/part_kall.json
 
 ## Ablation: pretrain without the digit-like letters (O l Z S b B g), transfer those weights at k=5 and 10.
 bench-ablation: install
@@ -167,6 +166,11 @@ bench-peft: install
 ## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).
 bench-shift: install
 	$(BIN)/python benchmarks/domain_shift.py --threads 1
+
+## Notebook 07's comparison: six fine-tuning recipes tuned on validation, 5 seeds, 2 processes of 1 thread
+## (src/transferlab/results/unfreezing.json).
+bench-unfreezing: install
+	$(BIN)/python benchmarks/unfreezing.py --threads 1 --jobs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
