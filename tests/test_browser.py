@@ -10,7 +10,6 @@ notebook's lesson must run to its first exercise, which stops at its stub. Scree
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
