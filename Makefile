@@ -46,9 +46,10 @@ test: install
 unit: install
 	$(BIN)/python -m pytest tests src -m "not slow" -n 2 -o addopts="-p no:cacheprovider --doctest-modules"
 
-## Lint the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
+## Lint and format-check the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel (one thread, as in `make test`).
 notebooks: install

@@ -81,8 +81,14 @@ def fine_tune_source(seed: int, args: argparse.Namespace) -> nn.Module:
     torch.manual_seed(seed)
     model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    train_steps(model, (PREPROCESS(train.images), train.labels), args.steps, optimizer, batch_size=args.batch_size,
-                generator=torch.Generator().manual_seed(seed))
+    train_steps(
+        model,
+        (PREPROCESS(train.images), train.labels),
+        args.steps,
+        optimizer,
+        batch_size=args.batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return model.eval()
 
 
@@ -188,8 +194,10 @@ def run_seed(seed: int, args: argparse.Namespace, tests: dict[str, tuple[Tensor,
     x_p, y_p = tests["paper"]
     out["label_shift"] = {"pool_size": n_low}
     for name, m in (("digits 0-4 pool", only_low), ("all-digit pool", same_size), ("source", model)):
-        out["label_shift"][name] = {part: accuracy(m, x_p[mask], y_p[mask]) for part, mask in
-                                    (("all", y_p >= 0), ("0-4", y_p < 5), ("5-9", y_p >= 5))}
+        out["label_shift"][name] = {
+            part: accuracy(m, x_p[mask], y_p[mask])
+            for part, mask in (("all", y_p >= 0), ("0-4", y_p < 5), ("5-9", y_p >= 5))
+        }
     out["cpu_seconds"] = round(time.process_time() - t0, 1)
     return out
 
@@ -208,8 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         runs.append(run_seed(seed, args, tests))
         print(f"seed {seed}: {runs[-1]['cpu_seconds']} CPU s; adabn {runs[-1]['adabn']}", flush=True)
-        result = {"provenance": run_info(started), "config": config, "complete": seed == args.seeds[-1],
-                  "runs": runs}
+        result = {"provenance": run_info(started), "config": config, "complete": seed == args.seeds[-1], "runs": runs}
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
         os.replace(path + ".tmp", path)

@@ -64,14 +64,22 @@ def main() -> None:
         for batch_size in sizes:
             seconds, out = time_batches(model, inputs, batch_size, args.repeats)
             reference = out if reference is None else reference
-            rows[str(batch_size)] = {"seconds": round(seconds, 3), "ms_per_input": round(1000 * seconds / args.n, 2),
-                                     "identical_to_largest_batch": bool(torch.equal(out, reference))}
-            print(f"{name:16s} batch {batch_size:4d}: {seconds:6.2f} s ({1000 * seconds / args.n:5.1f} ms per input), "
-                  f"identical to batch {sizes[0]}: {rows[str(batch_size)]['identical_to_largest_batch']}", flush=True)
+            rows[str(batch_size)] = {
+                "seconds": round(seconds, 3),
+                "ms_per_input": round(1000 * seconds / args.n, 2),
+                "identical_to_largest_batch": bool(torch.equal(out, reference)),
+            }
+            print(
+                f"{name:16s} batch {batch_size:4d}: {seconds:6.2f} s ({1000 * seconds / args.n:5.1f} ms per input), "
+                f"identical to batch {sizes[0]}: {rows[str(batch_size)]['identical_to_largest_batch']}",
+                flush=True,
+            )
         results[name] = rows
     out_file = RESULTS / "eval_batch_size.json"
-    out_file.write_text(json.dumps({"args": vars(args), "results": results, "provenance": run_info(started)},
-                                   indent=2, sort_keys=True) + "\n")
+    out_file.write_text(
+        json.dumps({"args": vars(args), "results": results, "provenance": run_info(started)}, indent=2, sort_keys=True)
+        + "\n"
+    )
     print("wrote", out_file.relative_to(RESULTS.parents[1]))
 
 

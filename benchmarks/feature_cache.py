@@ -85,23 +85,39 @@ def main() -> None:
     for _ in range(args.repeats):
         t_recompute = recompute(backbone, data, in_features, args.epochs, args.batch_size)
         t_cached, t_extract = cached(backbone, data, in_features, args.epochs, args.batch_size)
-        runs.append({"recompute_s": round(t_recompute, 3), "cached_s": round(t_cached, 3),
-                     "extract_once_s": round(t_extract, 3), "head_s": round(t_cached - t_extract, 3),
-                     "speedup": round(t_recompute / t_cached, 2)})
-        print(f"{len(data)} images, {args.epochs} epochs: recompute {t_recompute:.2f} s, cached {t_cached:.2f} s "
-              f"(extraction {t_extract:.2f} s) -> speed-up {t_recompute / t_cached:.1f}x", flush=True)
+        runs.append(
+            {
+                "recompute_s": round(t_recompute, 3),
+                "cached_s": round(t_cached, 3),
+                "extract_once_s": round(t_extract, 3),
+                "head_s": round(t_cached - t_extract, 3),
+                "speedup": round(t_recompute / t_cached, 2),
+            }
+        )
+        print(
+            f"{len(data)} images, {args.epochs} epochs: recompute {t_recompute:.2f} s, cached {t_cached:.2f} s "
+            f"(extraction {t_extract:.2f} s) -> speed-up {t_recompute / t_cached:.1f}x",
+            flush=True,
+        )
     speedups = [r["speedup"] for r in runs]
     result = {
         "provenance": run_info(started),
-        "epochs": args.epochs, "images": len(data), "batch_size": args.batch_size, "repeats": args.repeats,
-        "speedup": statistics.median(speedups), "speedups": speedups,
-        "target": round(0.8 * args.epochs, 2), "meets_target": statistics.median(speedups) >= 0.8 * args.epochs,
+        "epochs": args.epochs,
+        "images": len(data),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "speedup": statistics.median(speedups),
+        "speedups": speedups,
+        "target": round(0.8 * args.epochs, 2),
+        "meets_target": statistics.median(speedups) >= 0.8 * args.epochs,
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "feature_cache.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"median speed-up {result['speedup']:.1f}x over {args.repeats} run(s) {speedups} "
-          f"(target >= {0.8 * args.epochs:.1f}x)")
+    print(
+        f"median speed-up {result['speedup']:.1f}x over {args.repeats} run(s) {speedups} "
+        f"(target >= {0.8 * args.epochs:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def timed_pytest(*targets: str) -> tuple[float, float, bool, str]:
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cpu0, start = _children_cpu(), time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *targets], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *targets], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu0
     summary = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0:  # show why, so a failure can be read without re-running
@@ -63,19 +64,33 @@ def main() -> None:
     for nb in notebooks:
         rel = str(nb.resolve().relative_to(ROOT))
         elapsed, cpu, passed, summary = timed_pytest(rel)
-        results["notebooks"][nb.name] = {"seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "passed": passed,
-                                         "within_limit": elapsed <= NOTEBOOK_LIMIT_S, "pytest": summary,
-                                         "load_average_1min": round(os.getloadavg()[0], 1)}
-        print(f"{nb.name:<45} {elapsed:6.1f} s wall  {cpu:6.1f} s CPU  {'pass' if passed else 'FAIL'}  {summary}",
-              flush=True)
+        results["notebooks"][nb.name] = {
+            "seconds": round(elapsed, 1),
+            "cpu_seconds": round(cpu, 1),
+            "passed": passed,
+            "within_limit": elapsed <= NOTEBOOK_LIMIT_S,
+            "pytest": summary,
+            "load_average_1min": round(os.getloadavg()[0], 1),
+        }
+        print(
+            f"{nb.name:<45} {elapsed:6.1f} s wall  {cpu:6.1f} s CPU  {'pass' if passed else 'FAIL'}  {summary}",
+            flush=True,
+        )
     if not args.no_suite:
         elapsed, cpu, passed, summary = timed_pytest(*SUITE_ARGS)
-        results["suite"] = {"command": shlex.join(["python", "-m", "pytest", *SUITE_ARGS]),
-                            "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "passed": passed,
-                            "within_limit": elapsed < SUITE_LIMIT_S, "pytest": summary,
-                            "load_average_1min": round(os.getloadavg()[0], 1)}
-        print(f"{'whole suite (make test)':<45} {elapsed:6.1f} s wall  {cpu:6.1f} s CPU  "
-              f"{'pass' if passed else 'FAIL'}  {summary}")
+        results["suite"] = {
+            "command": shlex.join(["python", "-m", "pytest", *SUITE_ARGS]),
+            "seconds": round(elapsed, 1),
+            "cpu_seconds": round(cpu, 1),
+            "passed": passed,
+            "within_limit": elapsed < SUITE_LIMIT_S,
+            "pytest": summary,
+            "load_average_1min": round(os.getloadavg()[0], 1),
+        }
+        print(
+            f"{'whole suite (make test)':<45} {elapsed:6.1f} s wall  {cpu:6.1f} s CPU  "
+            f"{'pass' if passed else 'FAIL'}  {summary}"
+        )
     results["cpu_count"] = os.cpu_count()
     results["provenance"] = run_info(started)  # of the latest run (earlier per-notebook rows keep their load average)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

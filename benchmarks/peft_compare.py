@@ -61,9 +61,11 @@ def splits() -> dict[str, tuple[Tensor, Tensor]]:
     val = torch.arange(VAL_DIGITS)
     test = torch.cat([torch.arange(VAL_DIGITS, n), torch.arange(n + VAL_DIGITS, 2 * n)])
     letters = source_dataset("test")
-    return {"val": (NORMALISE(held.images[val]), held.labels[val]),
-            "test": (NORMALISE(held.images[test]), held.labels[test]),
-            "letters": (NORMALISE(letters.images), letters.labels)}
+    return {
+        "val": (NORMALISE(held.images[val]), held.labels[val]),
+        "test": (NORMALISE(held.images[test]), held.labels[test]),
+        "letters": (NORMALISE(letters.images), letters.labels),
+    }
 
 
 def build(method: str, seed: int) -> tuple[nn.Module, nn.Module]:
@@ -101,8 +103,9 @@ def letters_accuracy(model: nn.Module, letters_head: nn.Module, data: tuple[Tens
         model.fc = target_head
 
 
-def train(method: str, seed: int, lr: float, steps: int,
-          args: argparse.Namespace) -> tuple[nn.Module, nn.Module, float]:
+def train(
+    method: str, seed: int, lr: float, steps: int, args: argparse.Namespace
+) -> tuple[nn.Module, nn.Module, float]:
     """One run: the model, its letters head, and the process seconds per step."""
     seed_everything(seed)
     model, letters_head = build(method, seed)
@@ -110,8 +113,15 @@ def train(method: str, seed: int, lr: float, steps: int,
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     start = time.process_time()
-    train_steps(model, (NORMALISE(data.images), data.labels), steps, optimizer, batch_size=args.batch,
-                generator=torch.Generator().manual_seed(seed), scheduler=schedule)
+    train_steps(
+        model,
+        (NORMALISE(data.images), data.labels),
+        steps,
+        optimizer,
+        batch_size=args.batch,
+        generator=torch.Generator().manual_seed(seed),
+        scheduler=schedule,
+    )
     return model, letters_head, (time.process_time() - start) / steps
 
 
@@ -121,10 +131,12 @@ def merge(paths: list[str], name: str) -> None:
     settings = [{k: v for k, v in p["settings"].items() if k != "methods"} for p in parts]
     if any(s != settings[0] for s in settings):
         raise ValueError("the parts were run with different settings; rerun them alike")
-    merged = {"settings": {**settings[0], "methods": [m for p in parts for m in p["settings"]["methods"]]},
-              "methods": {m: r for p in parts for m, r in p["methods"].items()},
-              "source_letters_acc": parts[0]["source_letters_acc"],
-              "provenance": {"parts": [p["provenance"] for p in parts], "merged_from": paths}}
+    merged = {
+        "settings": {**settings[0], "methods": [m for p in parts for m in p["settings"]["methods"]]},
+        "methods": {m: r for p in parts for m, r in p["methods"].items()},
+        "source_letters_acc": parts[0]["source_letters_acc"],
+        "provenance": {"parts": [p["provenance"] for p in parts], "merged_from": paths},
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     print("wrote", RESULTS / f"{name}.json")
 
@@ -158,17 +170,30 @@ def main() -> None:
         for seed in range(args.seeds):
             # the grid's run at the chosen rate where there is one, else a new run at that rate
             model, letters_head, per_step = trained.get((best, seed)) or train(method, seed, best, args.steps, args)
-            run = {"seed": seed, "test_acc": accuracy(model, data["test"]), "val_acc": accuracy(model, data["val"]),
-                   "letters_acc": letters_accuracy(model, letters_head, data["letters"]),
-                   "seconds_per_step": per_step}
+            run = {
+                "seed": seed,
+                "test_acc": accuracy(model, data["test"]),
+                "val_acc": accuracy(model, data["val"]),
+                "letters_acc": letters_accuracy(model, letters_head, data["letters"]),
+                "seconds_per_step": per_step,
+            }
             if seed < args.check_seeds:
                 run["test_acc_2x_steps"] = accuracy(train(method, seed, best, 2 * args.steps, args)[0], data["test"])
             runs.append(run)
         results["methods"][method] = {
-            "trainable": count_parameters(model).trainable, "lr": best,
-            "val_acc_by_lr": {f"{lr:g}": v for lr, v in val.items()}, "runs": runs}
-        print(method, f"lr={best:g}", [round(r["test_acc"], 3) for r in runs],
-              "letters", [round(r["letters_acc"], 3) for r in runs], flush=True)
+            "trainable": count_parameters(model).trainable,
+            "lr": best,
+            "val_acc_by_lr": {f"{lr:g}": v for lr, v in val.items()},
+            "runs": runs,
+        }
+        print(
+            method,
+            f"lr={best:g}",
+            [round(r["test_acc"], 3) for r in runs],
+            "letters",
+            [round(r["letters_acc"], 3) for r in runs],
+            flush=True,
+        )
     source, letters_head = build("probe", 0)
     results["source_letters_acc"] = letters_accuracy(source, letters_head, data["letters"])
     results["provenance"] = run_info(started)

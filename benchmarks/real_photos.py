@@ -100,8 +100,9 @@ def logreg_c1(tr: Tensor, ytr: Tensor, te: Tensor) -> np.ndarray:
 def loo_C(tr: Tensor, ytr: Tensor) -> float:
     """The C of ``C_GRID`` with the best leave-one-out accuracy on the labelled set (first best: smallest C)."""
     x = l2_normalise(tr).numpy()
-    scores = [cross_val_score(LogisticRegression(C=c, max_iter=1000), x, ytr.numpy(), cv=LeaveOneOut()).mean()
-              for c in C_GRID]
+    scores = [
+        cross_val_score(LogisticRegression(C=c, max_iter=1000), x, ytr.numpy(), cv=LeaveOneOut()).mean() for c in C_GRID
+    ]
     return C_GRID[int(np.argmax(scores))]
 
 
@@ -121,8 +122,11 @@ def part_photos(args) -> list[dict]:
         train_x, train_y = photo_patches("train", layout=layout).tensors
         test_x, test_y = photo_patches("test", layout=layout).tensors
         pools = {}
-        for name, weights, adapt in [("imagenet", EfficientNetLite0_Weights.DEFAULT, False), ("random", None, True),
-                                     ("random_init", None, False)]:
+        for name, weights, adapt in [
+            ("imagenet", EfficientNetLite0_Weights.DEFAULT, False),
+            ("random", None, True),
+            ("random_init", None, False),
+        ]:
             model = lite0(weights, args.size).eval()
             if adapt:  # unlabelled train patches of this layout, equal batches of 64
                 adapt_bn(model, loader(train_x))
@@ -136,14 +140,16 @@ def part_photos(args) -> list[dict]:
             for seed in range(args.seeds):
                 pick = few_shot_indices(train_y, k, seed)
                 for (name, depth), (tr, te) in pools.items():
-                    base = {"part": "photos", "layout": layout, "features": name, "depth": depth, "k": k,
-                            "seed": seed}
-                    preds = {"ncm": nearest_class_mean(tr[pick], train_y[pick], te).numpy(),
-                             "logreg_c1": logreg_c1(tr[pick], train_y[pick], te)}
+                    base = {"part": "photos", "layout": layout, "features": name, "depth": depth, "k": k, "seed": seed}
+                    preds = {
+                        "ncm": nearest_class_mean(tr[pick], train_y[pick], te).numpy(),
+                        "logreg_c1": logreg_c1(tr[pick], train_y[pick], te),
+                    }
                     for probe, pred in preds.items():
                         per_class = [accuracy(pred[test_y == c], test_y[test_y == c]) for c in range(len(TEXTURES))]
-                        rows.append({**base, "probe": probe, "accuracy": accuracy(pred, test_y),
-                                     "per_class": per_class})
+                        rows.append(
+                            {**base, "probe": probe, "accuracy": accuracy(pred, test_y), "per_class": per_class}
+                        )
                     if layout == "checkerboard" and k >= 3 and (name, depth) in loo_sets and seed < args.loo_seeds:
                         pred, c = logreg_loo(tr[pick], train_y[pick], te)
                         rows.append({**base, "probe": "logreg_loo", "accuracy": accuracy(pred, test_y), "C": c})
@@ -186,8 +192,19 @@ def part_digits(args) -> list[dict]:
                         pred = nearest_class_mean(tr[depth], train.labels, te[depth]).numpy()
                     else:
                         pred = logreg_c1(tr[depth], train.labels, te[depth])
-                    rows.append({"part": "digits", "features": name, "size": size, "depth": depth, "probe": probe,
-                                 "k": k, "seed": seed, "accuracy": accuracy(pred, test_y), "cpu_ms_per_scene": ms})
+                    rows.append(
+                        {
+                            "part": "digits",
+                            "features": name,
+                            "size": size,
+                            "depth": depth,
+                            "probe": probe,
+                            "k": k,
+                            "seed": seed,
+                            "accuracy": accuracy(pred, test_y),
+                            "cpu_ms_per_scene": ms,
+                        }
+                    )
         print(f"digits {name} {size}px done", flush=True)
     return rows
 
@@ -197,8 +214,14 @@ def validation_scenes(train, per_class: int, seed: int):
     pool = target_dataset("train")  # every training-pool image once (scenes of seed 0's renderer)
     unused = ~torch.isin(pool.source_index, train.source_index)
     g = torch.Generator().manual_seed(1000 + seed)
-    keep = torch.cat([torch.nonzero(unused & (pool.labels == c)).flatten()[
-        torch.randperm(int((unused & (pool.labels == c)).sum()), generator=g)[:per_class]] for c in range(10)])
+    keep = torch.cat(
+        [
+            torch.nonzero(unused & (pool.labels == c)).flatten()[
+                torch.randperm(int((unused & (pool.labels == c)).sum()), generator=g)[:per_class]
+            ]
+            for c in range(10)
+        ]
+    )
     return pool.images[keep], pool.labels[keep]
 
 
@@ -239,9 +262,21 @@ def part_finetune(args) -> list[dict]:
                 val, lr, model, last_loss, cpu = max(runs, key=lambda r: r[0])  # first best: the smaller lr
                 chosen.setdefault(arm, lr)
                 test_acc = evaluate(model, DataLoader(TensorDataset(tx, test_y), batch_size=100))[1]
-                rows.append({"part": "finetune", "arm": arm, "seed": seed, "k": args.ft_k, "steps": steps,
-                             "lr": lr, "val_accuracy": val, "accuracy": test_acc, "final_train_loss": last_loss,
-                             "val_by_lr": {str(r[1]): r[0] for r in runs}, "cpu_seconds": cpu})
+                rows.append(
+                    {
+                        "part": "finetune",
+                        "arm": arm,
+                        "seed": seed,
+                        "k": args.ft_k,
+                        "steps": steps,
+                        "lr": lr,
+                        "val_accuracy": val,
+                        "accuracy": test_acc,
+                        "final_train_loss": last_loss,
+                        "val_by_lr": {str(r[1]): r[0] for r in runs},
+                        "cpu_seconds": cpu,
+                    }
+                )
                 print(f"finetune seed={seed} steps={steps} {arm}: lr={lr:g} test={test_acc:.3f}", flush=True)
     return rows
 
@@ -250,49 +285,98 @@ def summarise(rows: list[dict]) -> list[dict]:
     """Mean, sample std (ddof=1) and standard error over seeds of every configuration."""
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        key = tuple((k, v) for k, v in row.items() if k not in ("seed", "accuracy", "per_class", "C", "lr",
-                                                                 "val_accuracy", "val_by_lr", "final_train_loss",
-                                                                 "cpu_seconds", "cpu_ms_per_scene"))
+        key = tuple(
+            (k, v)
+            for k, v in row.items()
+            if k
+            not in (
+                "seed",
+                "accuracy",
+                "per_class",
+                "C",
+                "lr",
+                "val_accuracy",
+                "val_by_lr",
+                "final_train_loss",
+                "cpu_seconds",
+                "cpu_ms_per_scene",
+            )
+        )
         groups.setdefault(key, []).append(row["accuracy"])
     out = []
     for key, accs in groups.items():
         sd = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-        out.append({**dict(key), "mean": float(np.mean(accs)), "std": sd, "se": sd / np.sqrt(len(accs)),
-                    "n": len(accs)})
+        out.append(
+            {**dict(key), "mean": float(np.mean(accs)), "std": sd, "se": sd / np.sqrt(len(accs)), "n": len(accs)}
+        )
     return out
 
 
 def markdown(summary: list[dict]) -> str:
     """The headline tables (mean ± SE over seeds) as Markdown, for the README."""
+
     def row(**key):
         return {r["k"]: r for r in summary if all(r.get(k) == v for k, v in key.items())}
 
     def cells(rows, ks):
         return " | ".join(f"{rows[k]['mean']:.3f} ± {rows[k]['se']:.3f}" if k in rows else "" for k in ks)
 
-    out = ["Few labels on real photos (checkerboard split, nearest class mean on L2-normalised features, mean ± SE):",
-           "", "| features | k = 1 | k = 3 | k = 5 |", "|---|---|---|---|"]
+    out = [
+        "Few labels on real photos (checkerboard split, nearest class mean on L2-normalised features, mean ± SE):",
+        "",
+        "| features | k = 1 | k = 3 | k = 5 |",
+        "|---|---|---|---|",
+    ]
     for name in ("imagenet", "random", "random_init"):
         for depth in DEPTHS:
-            out.append(f"| Lite0 {name}, {depth} | " + cells(row(part="photos", layout="checkerboard", probe="ncm",
-                                                                   features=name, depth=depth), (1, 3, 5)) + " |")
+            out.append(
+                f"| Lite0 {name}, {depth} | "
+                + cells(row(part="photos", layout="checkerboard", probe="ncm", features=name, depth=depth), (1, 3, 5))
+                + " |"
+            )
     for name in ("histogram", "pixels"):
-        out.append(f"| {name} | " + cells(row(part="photos", layout="checkerboard", probe="ncm", features=name),
-                                          (1, 3, 5)) + " |")
-    out += ["", "Probes on Lite0 ImageNet, last layer (checkerboard):", "", "| probe | k = 1 | k = 3 | k = 5 |",
-            "|---|---|---|---|"]
+        out.append(
+            f"| {name} | "
+            + cells(row(part="photos", layout="checkerboard", probe="ncm", features=name), (1, 3, 5))
+            + " |"
+        )
+    out += [
+        "",
+        "Probes on Lite0 ImageNet, last layer (checkerboard):",
+        "",
+        "| probe | k = 1 | k = 3 | k = 5 |",
+        "|---|---|---|---|",
+    ]
     for probe in ("logreg_c1", "logreg_loo", "ncm"):
-        out.append(f"| {probe} | " + cells(row(part="photos", layout="checkerboard", probe=probe, features="imagenet",
-                                               depth="last"), (1, 3, 5)) + " |")
-    out += ["", "Digits target, k = 5 (mean ± SE):", "", "| features | size | depth | ncm | logreg_c1 |",
-            "|---|---|---|---|---|"]
+        out.append(
+            f"| {probe} | "
+            + cells(
+                row(part="photos", layout="checkerboard", probe=probe, features="imagenet", depth="last"), (1, 3, 5)
+            )
+            + " |"
+        )
+    out += [
+        "",
+        "Digits target, k = 5 (mean ± SE):",
+        "",
+        "| features | size | depth | ncm | logreg_c1 |",
+        "|---|---|---|---|---|",
+    ]
     digits = [r for r in summary if r["part"] == "digits"]
     for key in dict.fromkeys((r["features"], r["size"], r["depth"]) for r in digits):
         by_probe = {r["probe"]: r for r in digits if (r["features"], r["size"], r["depth"]) == key}
-        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(
-            f"{by_probe[p]['mean']:.3f} ± {by_probe[p]['se']:.3f}" for p in ("ncm", "logreg_c1")) + " |")
-    out += ["", "Fine-tuning vs a head on frozen features (digits, k = 5; test accuracy, mean ± SE):", "",
-            "| arm | steps | accuracy | seeds |", "|---|---|---|---|"]
+        out.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | "
+            + " | ".join(f"{by_probe[p]['mean']:.3f} ± {by_probe[p]['se']:.3f}" for p in ("ncm", "logreg_c1"))
+            + " |"
+        )
+    out += [
+        "",
+        "Fine-tuning vs a head on frozen features (digits, k = 5; test accuracy, mean ± SE):",
+        "",
+        "| arm | steps | accuracy | seeds |",
+        "|---|---|---|---|",
+    ]
     for r in summary:
         if r["part"] == "finetune":
             out.append(f"| {r['arm']} | {r['steps']} | {r['mean']:.3f} ± {r['se']:.3f} | {r['n']} |")
@@ -301,8 +385,9 @@ def markdown(summary: list[dict]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", nargs="+", default=["photos", "digits", "finetune"],
-                   choices=["photos", "digits", "finetune"])
+    p.add_argument(
+        "--parts", nargs="+", default=["photos", "digits", "finetune"], choices=["photos", "digits", "finetune"]
+    )
     p.add_argument("--ks", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--seeds", type=int, default=10, help="draws of the k labelled patches (photos)")
     p.add_argument("--loo-seeds", type=int, default=5, help="seeds for the leave-one-out probe (photos)")
@@ -327,24 +412,34 @@ def main(argv=None) -> None:
     if args.merge:
         parts = [json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8")) for stem in args.merge]
         rows = [row for part in parts for row in part["runs"]]
-        result = {"provenance": run_info(started), "parts": [part["provenance"] for part in parts],
-                  "args": [part["args"] for part in parts]}
+        result = {
+            "provenance": run_info(started),
+            "parts": [part["provenance"] for part in parts],
+            "args": [part["args"] for part in parts],
+        }
     else:
         rows = []
         for part in args.parts:
             start = time.process_time()
             rows += {"photos": part_photos, "digits": part_digits, "finetune": part_finetune}[part](args)
             print(f"part {part}: {time.process_time() - start:.0f} s CPU", flush=True)
-        result = {"provenance": {**run_info(started), "cpu_seconds": round(time.process_time(), 1)},
-                  "args": vars(args)}
-    result.update({"classes": list(TEXTURES), "c_grid": list(C_GRID), "lr_grid": list(LR_GRID),
-                   "summary": summarise(rows), "runs": rows})
+        result = {"provenance": {**run_info(started), "cpu_seconds": round(time.process_time(), 1)}, "args": vars(args)}
+    result.update(
+        {
+            "classes": list(TEXTURES),
+            "c_grid": list(C_GRID),
+            "lr_grid": list(LR_GRID),
+            "summary": summarise(rows),
+            "runs": rows,
+        }
+    )
     path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=0), encoding="utf-8")
     if {r["part"] for r in rows} == {"photos", "digits", "finetune"}:  # a complete result: its tables for the README
         info = result["provenance"]
-        path.with_suffix(".md").write_text(f"<!-- {info['command']} @ {info['commit']} -->\n\n"
-                                           + markdown(result["summary"]), encoding="utf-8")
+        path.with_suffix(".md").write_text(
+            f"<!-- {info['command']} @ {info['commit']} -->\n\n" + markdown(result["summary"]), encoding="utf-8"
+        )
     print(f"wrote {path}")
 
 

@@ -24,8 +24,15 @@ from provenance import RESULTS, run_info, run_started
 
 def measure(label: str, *args: str) -> dict:
     elapsed, cpu, passed, summary = timed_pytest(*args)
-    row = {"run": label, "args": list(args), "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
-           "passed": passed, "pytest": summary, "load_average_1min": round(os.getloadavg()[0], 1)}
+    row = {
+        "run": label,
+        "args": list(args),
+        "seconds": round(elapsed, 1),
+        "cpu_seconds": round(cpu, 1),
+        "passed": passed,
+        "pytest": summary,
+        "load_average_1min": round(os.getloadavg()[0], 1),
+    }
     print(f"{label:<28} {elapsed:7.1f} s wall  {cpu:7.1f} s CPU  {'pass' if passed else 'FAIL'}  {summary}", flush=True)
     return row
 
@@ -55,8 +62,10 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "suite_time.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"serial {serial:.0f} s, xdist {parallel:.0f} s: {serial / parallel:.2f}x; "
-          f"{'both pass' if all_pass else 'A RUN FAILED'}; adopt xdist: {result['adopt_xdist']}")
+    print(
+        f"serial {serial:.0f} s, xdist {parallel:.0f} s: {serial / parallel:.2f}x; "
+        f"{'both pass' if all_pass else 'A RUN FAILED'}; adopt xdist: {result['adopt_xdist']}"
+    )
 
 
 if __name__ == "__main__":

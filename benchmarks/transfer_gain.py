@@ -96,17 +96,35 @@ def batches(images: Tensor, labels: Tensor, size: int = 500) -> list[tuple[Tenso
     return list(zip(images.split(size), labels.split(size), strict=True))
 
 
-def recipe(model: nn.Module, params: Iterable[nn.Parameter], images: Tensor, labels: Tensor, lr: float,
-           steps: int, batch: int, seed: int, transform: Callable[[Tensor], Tensor] | None = None,
-           generator: torch.Generator | None = None) -> None:
+def recipe(
+    model: nn.Module,
+    params: Iterable[nn.Parameter],
+    images: Tensor,
+    labels: Tensor,
+    lr: float,
+    steps: int,
+    batch: int,
+    seed: int,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
     """The one training recipe of every method: `transferlab.training.train_recipe`, as notebook 05 runs it.
 
     ``steps`` AdamW steps (PyTorch's default weight decay, 0.01) at learning rate ``lr`` with a cosine schedule
     down to 0, each on ``batch`` images drawn with replacement by a generator seeded with ``seed``; the weights
     after the last step are the result (no best-epoch selection).
     """
-    train_recipe(model, params, (images, labels), steps, lr, seed=seed, batch_size=batch, transform=transform,
-                 generator=generator)
+    train_recipe(
+        model,
+        params,
+        (images, labels),
+        steps,
+        lr,
+        seed=seed,
+        batch_size=batch,
+        transform=transform,
+        generator=generator,
+    )
 
 
 def accuracies(model: nn.Module, held_out: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
@@ -150,8 +168,18 @@ def run_scratch(train, held_out, seed, args, lr, steps=None, variant="plain") ->
     steps, batch = steps or args.steps, min(args.batch, 8 * len(train.labels))
     if variant == "augment":  # augmented per step, with the generator that draws the batches
         g = torch.Generator().manual_seed(seed)
-        recipe(model, model.parameters(), train.images, train.labels, lr, steps, batch, seed,
-               transform=lambda x: NORMALISE(augment(x, g)), generator=g)
+        recipe(
+            model,
+            model.parameters(),
+            train.images,
+            train.labels,
+            lr,
+            steps,
+            batch,
+            seed,
+            transform=lambda x: NORMALISE(augment(x, g)),
+            generator=g,
+        )
     else:
         recipe(model, model.parameters(), NORMALISE(prep(train.images)), train.labels, lr, steps, batch, seed)
     return accuracies(model, normalised(held_out, prep))
@@ -159,8 +187,16 @@ def run_scratch(train, held_out, seed, args, lr, steps=None, variant="plain") ->
 
 def run_finetune(train, held_out, seed, args, lr) -> dict[str, float]:
     model = pretrained(args.weights, seed)
-    recipe(model, model.parameters(), NORMALISE(train.images), train.labels, lr, args.steps,
-           min(args.batch, 8 * len(train.labels)), seed)
+    recipe(
+        model,
+        model.parameters(),
+        NORMALISE(train.images),
+        train.labels,
+        lr,
+        args.steps,
+        min(args.batch, 8 * len(train.labels)),
+        seed,
+    )
     return accuracies(model, normalised(held_out))
 
 
@@ -192,8 +228,9 @@ def run_logreg(train, held_out, seed, args, c) -> dict[str, float]:
     with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = LogisticRegression(C=c, max_iter=300).fit(train.images.flatten(1).numpy(), train.labels)
-    return {part: float(clf.score(images.flatten(1).numpy(), labels.numpy()))
-            for part, (images, labels) in held_out.items()}
+    return {
+        part: float(clf.score(images.flatten(1).numpy(), labels.numpy())) for part, (images, labels) in held_out.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
@@ -220,18 +257,30 @@ def benchmark(args) -> list[dict]:
         start, cpu = time.perf_counter(), time.process_time()
         acc = method(train, held_out, seed, args, *extra)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        row = {"k": k_name, "n_train": len(train), "seed": seed, "run": name, "acc": acc["test"],
-               "val_acc": acc["val"], "seconds": seconds, "cpu_seconds": cpu}
+        row = {
+            "k": k_name,
+            "n_train": len(train),
+            "seed": seed,
+            "run": name,
+            "acc": acc["test"],
+            "val_acc": acc["val"],
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+        }
         rows.append(row)
-        print(f"k={k_name:>4} seed={seed} {name:<18} val={acc['val']:.3f} test={acc['test']:.3f}  {seconds:5.1f} s "
-              f"(cpu {cpu:5.1f} s)", flush=True)
+        print(
+            f"k={k_name:>4} seed={seed} {name:<18} val={acc['val']:.3f} test={acc['test']:.3f}  {seconds:5.1f} s "
+            f"(cpu {cpu:5.1f} s)",
+            flush=True,
+        )
 
     for k_name in args.ks:
         k = None if k_name == "all" else int(k_name)
         sets = {}
         for seed in range(args.seeds):
-            train = sets[seed] = target_dataset("train", k=k, seed=seed, difficulty=args.difficulty,
-                                                palette=args.palette)
+            train = sets[seed] = target_dataset(
+                "train", k=k, seed=seed, difficulty=args.difficulty, palette=args.palette
+            )
             for name, method, extra in planned_runs(args):
                 record(k_name, train, seed, name, method, extra)
         if "scratch" in args.methods and k_name in args.convergence_ks:
@@ -239,17 +288,28 @@ def benchmark(args) -> list[dict]:
             lr = summarise([r for r in rows if r["k"] == k_name])[k_name]["scratch"]["lr"]
             steps = args.convergence_factor * args.steps
             for seed in range(args.seeds):
-                record(k_name, sets[seed], seed, f"scratch_x{args.convergence_factor}@{lr:g}", run_scratch,
-                       (lr, steps, args.scratch_variant))
+                record(
+                    k_name,
+                    sets[seed],
+                    seed,
+                    f"scratch_x{args.convergence_factor}@{lr:g}",
+                    run_scratch,
+                    (lr, steps, args.scratch_variant),
+                )
     return rows
 
 
 def _stats(runs: list[dict]) -> dict[str, float]:
     accs, vals = [r["acc"] for r in runs], [r.get("val_acc", float("nan")) for r in runs]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0  # ddof = 1: the sample standard deviation
-    return {"mean": statistics.mean(accs), "std": std, "val_mean": statistics.mean(vals),
-            "seconds": statistics.mean(r["seconds"] for r in runs), "n": len(runs),
-            "seeds": [r["seed"] for r in runs]}
+    return {
+        "mean": statistics.mean(accs),
+        "std": std,
+        "val_mean": statistics.mean(vals),
+        "seconds": statistics.mean(r["seconds"] for r in runs),
+        "n": len(runs),
+        "seeds": [r["seed"] for r in runs],
+    }
 
 
 METHODS = ("scratch", "features", "finetune", "logreg")
@@ -276,14 +336,23 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
                 stats[method] = {**stats[best], "lr": lr, "run": best, "at_edge": at_edge}
         converged = [n for n in stats if n.startswith("scratch_x")]
         if converged and "scratch" in stats:
-            stats["scratch_longer"] = {**stats[converged[0]], "lr": float(converged[0].split("@")[1]),
-                                       "run": converged[0]}
+            stats["scratch_longer"] = {
+                **stats[converged[0]],
+                "lr": float(converged[0].split("@")[1]),
+                "run": converged[0],
+            }
         table[k] = stats
     return table
 
 
-PAIRS = (("finetune", "features"), ("features", "scratch"), ("finetune", "scratch"), ("logreg", "scratch"),
-         ("features", "logreg"), ("scratch_longer", "scratch"))
+PAIRS = (
+    ("finetune", "features"),
+    ("features", "scratch"),
+    ("finetune", "scratch"),
+    ("logreg", "scratch"),
+    ("features", "logreg"),
+    ("scratch_longer", "scratch"),
+)
 
 
 def paired(rows: list[dict], table) -> dict[str, dict[str, dict[str, float]]]:
@@ -301,8 +370,7 @@ def paired(rows: list[dict], table) -> dict[str, dict[str, dict[str, float]]]:
             sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
             se = sd / len(diffs) ** 0.5
             verdict = (a if mean > 0 else b) if abs(mean) > 2 * se else "tie"
-            out.setdefault(k, {})[f"{a}-{b}"] = {"mean": mean, "std": sd, "se": se, "n": len(diffs),
-                                                 "verdict": verdict}
+            out.setdefault(k, {})[f"{a}-{b}"] = {"mean": mean, "std": sd, "se": se, "n": len(diffs), "verdict": verdict}
     return out
 
 
@@ -314,17 +382,32 @@ def compare(rows: list[dict], path: str) -> dict[str, object]:
     # accuracies are counts over the 1,000 test images: equal counts are the same result
     # runs are named "seed S name": one name per seed would let a differing seed hide behind an identical one
     label = "seed {} {}".format
-    same = [label(r["seed"], r["run"]) for r, acc in pairs
-            if acc is not None and round(1000 * acc) == round(1000 * r["acc"])]
-    differ = {label(r["seed"], r["run"]): [acc, r["acc"]] for r, acc in pairs
-              if acc is not None and label(r["seed"], r["run"]) not in same}
+    same = [
+        label(r["seed"], r["run"])
+        for r, acc in pairs
+        if acc is not None and round(1000 * acc) == round(1000 * r["acc"])
+    ]
+    differ = {
+        label(r["seed"], r["run"]): [acc, r["acc"]]
+        for r, acc in pairs
+        if acc is not None and label(r["seed"], r["run"]) not in same
+    }
     missing = [label(r["seed"], r["run"]) for r, acc in pairs if acc is None]
-    return {"against": os.path.relpath(path), "identical": same, "different": differ, "missing": missing,
-            "all_identical": not differ and not missing}
+    return {
+        "against": os.path.relpath(path),
+        "identical": same,
+        "different": differ,
+        "missing": missing,
+        "all_identical": not differ and not missing,
+    }
 
 
-NAMES = {"scratch": "from scratch", "features": "fixed features", "finetune": "full fine-tuning",
-         "logreg": "logistic regression (pixels)"}
+NAMES = {
+    "scratch": "from scratch",
+    "features": "fixed features",
+    "finetune": "full fine-tuning",
+    "logreg": "logistic regression (pixels)",
+}
 
 
 def markdown_table(table) -> str:
@@ -339,10 +422,13 @@ def markdown_table(table) -> str:
             edge = "*" if m in s and s[m].get("at_edge") else ""
             cells.append(f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}{lr}{edge}" if m in s else "")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    seconds = [f"{NAMES[m]} {statistics.mean(s[m]['seconds'] for s in table.values() if m in s):.1f} s"
-               for m in methods]
-    return ("\n".join(lines) + "\n\n(lr / C chosen on the validation part; * at the edge of its grid.) "
-            "Mean wall time per run: " + ", ".join(seconds) + ".")
+    seconds = [
+        f"{NAMES[m]} {statistics.mean(s[m]['seconds'] for s in table.values() if m in s):.1f} s" for m in methods
+    ]
+    return (
+        "\n".join(lines) + "\n\n(lr / C chosen on the validation part; * at the edge of its grid.) "
+        "Mean wall time per run: " + ", ".join(seconds) + "."
+    )
 
 
 def plot(table, path: str, title: str, info: dict) -> None:
@@ -376,30 +462,67 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ks", nargs="+", default=list(DEFAULT_KS), choices=ALL_KS)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--methods", nargs="+", default=["scratch", "features", "finetune", "logreg"],
-                   choices=["scratch", "features", "finetune", "logreg"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["scratch", "features", "finetune", "logreg"],
+        choices=["scratch", "features", "finetune", "logreg"],
+    )
     p.add_argument("--steps", type=int, default=150, help="optimisation steps per run (same for every method)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lrs", type=float, nargs="+", default=list(LRS),
-                   help="the learning-rate grid of every method; each method's is chosen on the validation part")
-    p.add_argument("--scratch-lrs", type=float, nargs="+", default=None,
-                   help="a grid for scratch alone (the rescue experiments); default: --lrs")
+    p.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=list(LRS),
+        help="the learning-rate grid of every method; each method's is chosen on the validation part",
+    )
+    p.add_argument(
+        "--scratch-lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="a grid for scratch alone (the rescue experiments); default: --lrs",
+    )
     p.add_argument("--scratch-variant", default="plain", choices=["plain", "grey", "augment"])
-    p.add_argument("--logreg-cs", type=float, nargs="+", default=[0.01, 0.1, 1.0],
-                   help="inverse regularisation strengths of the pixel baseline, chosen on the validation part")
-    p.add_argument("--convergence-ks", nargs="*", default=["5", "all"], choices=ALL_KS,
-                   help="at these k, scratch runs again at its chosen lr with --convergence-factor x the steps")
+    p.add_argument(
+        "--logreg-cs",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.1, 1.0],
+        help="inverse regularisation strengths of the pixel baseline, chosen on the validation part",
+    )
+    p.add_argument(
+        "--convergence-ks",
+        nargs="*",
+        default=["5", "all"],
+        choices=ALL_KS,
+        help="at these k, scratch runs again at its chosen lr with --convergence-factor x the steps",
+    )
     p.add_argument("--convergence-factor", type=int, default=2)
     p.add_argument("--difficulty", type=float, default=None, help="target scene difficulty (default: the data's)")
     p.add_argument("--palette", default=None, help="target palette (default: the data's)")
-    p.add_argument("--weights", default=None, help="a state_dict file to transfer instead of the shipped weights "
-                   "(e.g. from `python -m transferlab.pretrain --exclude ... --out FILE`)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="a state_dict file to transfer instead of the shipped weights "
+        "(e.g. from `python -m transferlab.pretrain --exclude ... --out FILE`)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch (and scikit-learn) CPU threads")
     p.add_argument("--name", default="transfer_gain", help="results file stem in src/transferlab/results/")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="no training: combine the runs of earlier results files (e.g. parts run in parallel)")
-    p.add_argument("--compare", default=None, metavar="JSON",
-                   help="repeat check: compare every accuracy with the same run (k, seed, method) in this results file")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="no training: combine the runs of earlier results files (e.g. parts run in parallel)",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="JSON",
+        help="repeat check: compare every accuracy with the same run (k, seed, method) in this results file",
+    )
     p.add_argument("--must-match", action="store_true", help="with --compare: exit 1 unless every run is identical")
     return p.parse_args(argv)
 
@@ -416,9 +539,16 @@ def write_results(stem: str, result: dict) -> None:
         writer.writeheader()
         for k, stats in result["summary"].items():
             for m, s in stats.items():
-                row = {"k": k, "method": m, "mean": round(s["mean"], 4), "std": round(s["std"], 4),
-                       "val_mean": round(s["val_mean"], 4), "seconds_per_run": round(s["seconds"], 2),
-                       "n_seeds": s["n"], "lr": s.get("lr", "")}
+                row = {
+                    "k": k,
+                    "method": m,
+                    "mean": round(s["mean"], 4),
+                    "std": round(s["std"], 4),
+                    "val_mean": round(s["val_mean"], 4),
+                    "seconds_per_run": round(s["seconds"], 2),
+                    "n_seeds": s["n"],
+                    "lr": s.get("lr", ""),
+                }
                 writer.writerow(row)
     args = result["args"]
     title = f"TinyResNet, target: digits in scenes ({args['seeds']} seeds, {args['steps']} steps each)"
@@ -448,8 +578,9 @@ def main(argv=None) -> int:
     result = {
         "args": vars(args),
         "provenance": run_info(started),
-        "parts_provenance": {os.path.basename(p): part.get("provenance") for p, part in zip(args.merge or [], parts,
-                                                                                                strict=True)},
+        "parts_provenance": {
+            os.path.basename(p): part.get("provenance") for p, part in zip(args.merge or [], parts, strict=True)
+        },
         "pretraining_seconds": meta.get("build", {}).get("seconds") if not args.weights else None,
         "source_test_accuracy": meta.get("_metrics") if not args.weights else None,
         "benchmark_seconds": sum(p["benchmark_seconds"] for p in parts) if parts else time.time() - started["time"],
@@ -464,13 +595,20 @@ def main(argv=None) -> int:
     write_results(stem, result)
     print(markdown_table(table))
     for k, pairs in result["paired"].items():
-        print(f"k={k:>4} paired over seeds: " + "; ".join(f"{name} {100 * v['mean']:+.1f} ± {100 * v['se']:.1f} pts "
-                                                          f"(se) -> {v['verdict']}" for name, v in pairs.items()))
+        print(
+            f"k={k:>4} paired over seeds: "
+            + "; ".join(
+                f"{name} {100 * v['mean']:+.1f} ± {100 * v['se']:.1f} pts (se) -> {v['verdict']}"
+                for name, v in pairs.items()
+            )
+        )
     print(f"wrote {stem}.json/.csv/.png")
     if result["repeat_check"] is not None:
         check = result["repeat_check"]
-        print(f"repeat check against {check['against']}: identical {check['identical']}, different "
-              f"{check['different']}, missing {check['missing']}")
+        print(
+            f"repeat check against {check['against']}: identical {check['identical']}, different "
+            f"{check['different']}, missing {check['missing']}"
+        )
         return 0 if check["all_identical"] or not args.must_match else 1
     return 0
 

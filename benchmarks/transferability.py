@@ -74,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..SEEDS per cell (0 is the donors')")
     p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--live-donor-steps", type=int, default=30,
-                   help="the small budget notebook 09 re-runs live: its baseA donor's steps (batch --live-batch-size)")
+    p.add_argument(
+        "--live-donor-steps",
+        type=int,
+        default=30,
+        help="the small budget notebook 09 re-runs live: its baseA donor's steps (batch --live-batch-size)",
+    )
     p.add_argument("--live-steps", type=int, default=15, help="the live re-run's steps for each point on B")
     p.add_argument("--live-batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
@@ -87,10 +91,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -116,9 +129,15 @@ def _write(result: dict[str, Any], path: str) -> None:
 
 
 def _row(variant: str, n: int | None, seed: int, acc: float, start: float, cpu_start: float) -> dict[str, Any]:
-    row = {"variant": variant, "n": n, "seed": seed, "acc": round(acc, 4),
-           "seconds": round(time.perf_counter() - start, 2),
-           "cpu_seconds": round(time.process_time() - cpu_start, 2), "loadavg": round(os.getloadavg()[0], 2)}
+    row = {
+        "variant": variant,
+        "n": n,
+        "seed": seed,
+        "acc": round(acc, 4),
+        "seconds": round(time.perf_counter() - start, 2),
+        "cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "loadavg": round(os.getloadavg()[0], 2),
+    }
     print(f"{variant:12s} n={n} seed={seed} acc={acc:.4f} ({row['seconds']} s, cpu {row['cpu_seconds']} s)", flush=True)
     return row
 
@@ -131,8 +150,13 @@ def donor_job(args: argparse.Namespace, name: str, task: tuple[str, ...]) -> tup
     return name, model.state_dict(), [_row(f"base{name}-donor", None, 0, task_accuracy(model, task), start, cpu_start)]
 
 
-def seed_job(args: argparse.Namespace, seed: int, points: list[tuple[str, int]], task_b: tuple[str, ...],
-             donor_states: dict[str, dict]) -> list[dict]:
+def seed_job(
+    args: argparse.Namespace,
+    seed: int,
+    points: list[tuple[str, int]],
+    task_b: tuple[str, ...],
+    donor_states: dict[str, dict],
+) -> list[dict]:
     """Some (variant, n) points for one seed (``("baseB", 0)``: from scratch), on that seed's stream of scenes."""
     torch.set_num_threads(args.threads)
     donors = {}
@@ -171,8 +195,13 @@ def live_job(args: argparse.Namespace, task_a: tuple[str, ...], task_b: tuple[st
             model = transfer_model(donor, n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
             train_on_task(model, task_b, cfg, stream=stream)
             rows.append(_row(variant, n, seed, task_accuracy(model, task_b), start, cpu_start))
-    return {"donor_steps": args.live_donor_steps, "steps": args.live_steps, "batch_size": args.live_batch_size,
-            "points": [list(p) for p in LIVE_POINTS], "runs": rows}
+    return {
+        "donor_steps": args.live_donor_steps,
+        "steps": args.live_steps,
+        "batch_size": args.live_batch_size,
+        "points": [list(p) for p in LIVE_POINTS],
+        "runs": rows,
+    }
 
 
 def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
@@ -187,8 +216,11 @@ def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> Non
             donor_states[name] = state
             record(rows)
         groups = [[("baseB", 0)]] + [[p for p in points if p[1] == n] for n in args.depths]
-        jobs = [pool.submit(seed_job, args, seed, group, task_b, donor_states)
-                for seed in range(1, args.seeds + 1) for group in groups]
+        jobs = [
+            pool.submit(seed_job, args, seed, group, task_b, donor_states)
+            for seed in range(1, args.seeds + 1)
+            for group in groups
+        ]
         for job in as_completed(jobs):
             record(job.result())
         record([], live=live.result())
@@ -200,9 +232,16 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in runs:
         if not r["variant"].endswith("donor"):
             cells.setdefault((r["variant"], r["n"]), []).append(r["acc"])
-    return [{"variant": v, "n": n, "mean": round(statistics.mean(a), 4),
-             "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"), "seeds": len(a)}
-            for (v, n), a in cells.items()]
+    return [
+        {
+            "variant": v,
+            "n": n,
+            "mean": round(statistics.mean(a), 4),
+            "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"),
+            "seeds": len(a),
+        }
+        for (v, n), a in cells.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,10 +252,21 @@ def main(argv: list[str] | None = None) -> None:
     path = os.path.join(args.results_dir, args.name + ".json")
     result: dict[str, Any] = {
         "command": " ".join(["python", "benchmarks/transferability.py", *(sys.argv[1:] if argv is None else argv)]),
-        "commit": _commit(), "threads": args.threads, "jobs": args.jobs, "loadavg_start": os.getloadavg(),
-        "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count()},
-        "args": vars(args), "task_a": task_a, "task_b": task_b, "stages": STAGES, "complete": False, "runs": [],
+        "commit": _commit(),
+        "threads": args.threads,
+        "jobs": args.jobs,
+        "loadavg_start": os.getloadavg(),
+        "machine": {
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "args": vars(args),
+        "task_a": task_a,
+        "task_b": task_b,
+        "stages": STAGES,
+        "complete": False,
+        "runs": [],
     }
     t0 = time.perf_counter()
 

@@ -51,17 +51,32 @@ from provenance import RESULTS, run_info, run_started
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..SEEDS-1 for every arm and rate")
-    p.add_argument("--grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3],
-                   help="body_lr grid (layer4's rate) of the arms that train pretrained layers")
-    p.add_argument("--head-grid", type=float, nargs="+", default=[1e-2, 3e-2],
-                   help="head-rate grid of feature extraction, and of the --head-check runs")
+    p.add_argument(
+        "--grid",
+        type=float,
+        nargs="+",
+        default=[3e-4, 1e-3, 3e-3],
+        help="body_lr grid (layer4's rate) of the arms that train pretrained layers",
+    )
+    p.add_argument(
+        "--head-grid",
+        type=float,
+        nargs="+",
+        default=[1e-2, 3e-2],
+        help="head-rate grid of feature extraction, and of the --head-check runs",
+    )
     p.add_argument("--val-digits", type=int, default=100)
-    p.add_argument("--no-convergence", dest="convergence", action="store_false",
-                   help="skip the re-runs with twice the steps per epoch")
+    p.add_argument(
+        "--no-convergence",
+        dest="convergence",
+        action="store_false",
+        help="skip the re-runs with twice the steps per epoch",
+    )
     p.add_argument("--no-head-check", dest="head_check", action="store_false")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (every run seeds itself: the numbers do "
-                   "not depend on it)")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="worker processes (every run seeds itself: the numbers do not depend on it)"
+    )
     p.add_argument("--name", default="unfreezing")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -83,10 +98,18 @@ def one_run(task: tuple) -> dict[str, Any]:
     val_acc = evaluate(model, DataLoader(val, batch_size=200))[1]
     preds, targets = predict(model, DataLoader(test, batch_size=200))
     correct = preds == targets
-    return {"phase": phase, "arm": arm, "seed": seed, "body_lr": body_lr, "head_lr": head_lr,
-            "steps_per_epoch": budget.steps_per_epoch, "val_acc": val_acc,
-            "test_acc": correct.float().mean().item(), "test_correct": bits(correct),
-            "cpu_seconds": round(time.process_time() - cpu, 2)}
+    return {
+        "phase": phase,
+        "arm": arm,
+        "seed": seed,
+        "body_lr": body_lr,
+        "head_lr": head_lr,
+        "steps_per_epoch": budget.steps_per_epoch,
+        "val_acc": val_acc,
+        "test_acc": correct.float().mean().item(),
+        "test_correct": bits(correct),
+        "cpu_seconds": round(time.process_time() - cpu, 2),
+    }
 
 
 _SPLITS: dict[int, tuple] = {}
@@ -101,8 +124,10 @@ def _split(val_digits: int) -> tuple:
 def choose(runs: list[dict[str, Any]], arm: str, knob: str) -> float:
     """The value of ``knob`` with the highest mean validation accuracy over seeds (the smaller value wins ties)."""
     grid = sorted({r[knob] for r in runs if r["arm"] == arm and r["phase"] == "grid"})
-    means = {v: np.mean([r["val_acc"] for r in runs if r["arm"] == arm and r["phase"] == "grid" and r[knob] == v])
-             for v in grid}
+    means = {
+        v: np.mean([r["val_acc"] for r in runs if r["arm"] == arm and r["phase"] == "grid" and r[knob] == v])
+        for v in grid
+    }
     return max(grid, key=lambda v: (means[v], -v))
 
 
@@ -114,9 +139,17 @@ def main(argv: list[str] | None = None) -> None:
     val, test = _split(args.val_digits)
     seeds = list(range(args.seeds))
     out = args.results_dir / f"{args.name}.json"
-    results: dict[str, Any] = {"budget": asdict(budget), "arms": list(ARMS), "grid": args.grid,
-                               "head_grid": args.head_grid, "seeds": seeds, "val_images": len(val),
-                               "test_images": len(test), "jobs": args.jobs, "runs": []}
+    results: dict[str, Any] = {
+        "budget": asdict(budget),
+        "arms": list(ARMS),
+        "grid": args.grid,
+        "head_grid": args.head_grid,
+        "seeds": seeds,
+        "val_images": len(val),
+        "test_images": len(test),
+        "jobs": args.jobs,
+        "runs": [],
+    }
     order = {arm: i for i, arm in enumerate(ARMS)}
 
     def save(**extra: Any) -> None:
@@ -131,14 +164,21 @@ def main(argv: list[str] | None = None) -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for r in pool.map(one_run, tasks):
                 results["runs"].append(r)
-                print(f"{r['phase']:<11} {r['arm']:<9} seed {r['seed']} body {r['body_lr']} head {r['head_lr']:.0e}: "
-                      f"val {r['val_acc']:.3f} test {r['test_acc']:.3f} ({r['cpu_seconds']} s)", flush=True)
+                print(
+                    f"{r['phase']:<11} {r['arm']:<9} seed {r['seed']} body {r['body_lr']} head {r['head_lr']:.0e}: "
+                    f"val {r['val_acc']:.3f} test {r['test_acc']:.3f} ({r['cpu_seconds']} s)",
+                    flush=True,
+                )
                 save()
 
     common = (args.val_digits, args.threads)
     grid = [("features", seed, None, head_lr, budget, "grid", *common) for seed in seeds for head_lr in args.head_grid]
-    grid += [(arm, seed, body_lr, budget.head_lr, budget, "grid", *common)
-             for seed in seeds for arm in ARMS[1:] for body_lr in args.grid]
+    grid += [
+        (arm, seed, body_lr, budget.head_lr, budget, "grid", *common)
+        for seed in seeds
+        for arm in ARMS[1:]
+        for body_lr in args.grid
+    ]
     run_all(grid)
     chosen = {"features": {"body_lr": None, "head_lr": choose(results["runs"], "features", "head_lr")}}
     for arm in ARMS[1:]:
@@ -146,13 +186,20 @@ def main(argv: list[str] | None = None) -> None:
     save(chosen=chosen)
     later = []
     if args.head_check:
-        later += [(arm, seed, chosen[arm]["body_lr"], head_lr, budget, "head-check", *common)
-                  for arm in ("one-shot",) for head_lr in args.head_grid if head_lr != budget.head_lr
-                  for seed in seeds]
+        later += [
+            (arm, seed, chosen[arm]["body_lr"], head_lr, budget, "head-check", *common)
+            for arm in ("one-shot",)
+            for head_lr in args.head_grid
+            if head_lr != budget.head_lr
+            for seed in seeds
+        ]
     if args.convergence:
         longer = replace(budget, steps_per_epoch=2 * budget.steps_per_epoch)
-        later += [(arm, seed, chosen[arm]["body_lr"], chosen[arm]["head_lr"], longer, "convergence", *common)
-                  for arm in ("features", "one-shot", "gradual") for seed in seeds]
+        later += [
+            (arm, seed, chosen[arm]["body_lr"], chosen[arm]["head_lr"], longer, "convergence", *common)
+            for arm in ("features", "one-shot", "gradual")
+            for seed in seeds
+        ]
     run_all(later)
     save(chosen=chosen)
     print(f"wrote {out}", file=sys.stderr)

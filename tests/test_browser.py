@@ -27,8 +27,14 @@ from conftest import NOTEBOOKS, ROOT
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 VIEWPORT = {"width": 1280, "height": 900}
 SCREENSHOTS = ROOT / "build" / "screenshots"
 TRAINING_NOTEBOOK = "05_finetune_vs_feature_extraction.ipynb"
@@ -74,11 +80,25 @@ class Lab:
     def __init__(self, tmp: Path):
         self.dir, self.token, self.port = tmp / "student", "transferlab-browser-test", _free_port()
         build("student", NOTEBOOKS, self.dir, commit="browser-test")  # what `make student` writes to build/student
-        env = dict(os.environ, JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
-                   JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-                   JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"))
-        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.dir}"]
+        env = dict(
+            os.environ,
+            JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
+            JUPYTER_CONFIG_DIR=str(tmp / "config"),
+            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+            JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.dir}",
+        ]
         if os.geteuid() == 0:
             cmd.insert(4, "--allow-root")
         self.log = (tmp / "jupyterlab.log").open("w")
@@ -95,8 +115,9 @@ class Lab:
                 time.sleep(0.5)
 
     def api(self, path: str, method: str = "GET"):
-        request = urllib.request.Request(f"{self.url}/api/{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}/api/{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=5) as reply:
             body = reply.read()
         return json.loads(body) if body else None
@@ -128,8 +149,12 @@ def page(lab, tmp_path_factory):
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_ARGS, viewport=VIEWPORT)
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=VIEWPORT,
+        )
         page = context.pages[0] if context.pages else context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         print(f"Chromium {context.browser.version if context.browser else '?'}")
@@ -138,6 +163,7 @@ def page(lab, tmp_path_factory):
 
 
 # --- driving the UI ---------------------------------------------------------------------------------------------
+
 
 def _open(page, lab: Lab, name: str) -> None:
     page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
@@ -154,7 +180,9 @@ def _wait_until_idle(page, name: str) -> None:
             const status = panel && panel.querySelector('.jp-Notebook-ExecutionIndicator');
             return tab && tab.innerText.trim() === name && kernel && kernel.innerText.trim() === 'Python 3 (ipykernel)'
                 && status && status.dataset.status === 'idle';
-        }""", arg=name)
+        }""",
+        arg=name,
+    )
 
 
 def _run_all(page, name: str) -> None:
@@ -174,17 +202,22 @@ def _run_all(page, name: str) -> None:
                 const busy = prompts.some(p => p.textContent.trim() === '[*]:');
                 return prompts.length > 0 && status === 'idle' && !busy
                     && (prompts.every(ran) || (stub && ran(stub.querySelector('.jp-InputPrompt'))));
-            }""", timeout=TIMEOUT_MS)
+            }""",
+            timeout=TIMEOUT_MS,
+        )
     except Exception:
         _screenshot(page, name, "_timeout")
-        prompts = page.eval_on_selector_all(f"{PANEL} .jp-CodeCell .jp-InputPrompt",
-                                            "els => els.map(e => e.textContent.trim())")
+        prompts = page.eval_on_selector_all(
+            f"{PANEL} .jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent.trim())"
+        )
         status = page.eval_on_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator", "e => e.dataset.status")
         pending = [(i, p) for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
         errors = [t[-300:] for t in _output_texts(page) if re.search(r"\w+(Error|Exception)\b", t)]
-        pytest.fail(f"Run All did not finish in {TIMEOUT_MS // 1000} s: kernel {status!r}, code cells without an "
-                    f"execution count (index, prompt): {pending[:10]} of {len(prompts)}; outputs that name an "
-                    f"error (an untagged one stops Run All): {errors[-2:]}; screenshot in {SCREENSHOTS}")
+        pytest.fail(
+            f"Run All did not finish in {TIMEOUT_MS // 1000} s: kernel {status!r}, code cells without an "
+            f"execution count (index, prompt): {pending[:10]} of {len(prompts)}; outputs that name an "
+            f"error (an untagged one stops Run All): {errors[-2:]}; screenshot in {SCREENSHOTS}"
+        )
 
 
 def _save_and_read(page, lab: Lab, name: str) -> nbformat.NotebookNode:
@@ -192,7 +225,8 @@ def _save_and_read(page, lab: Lab, name: str) -> nbformat.NotebookNode:
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
     page.wait_for_function(
-        """() => !document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current.jp-mod-dirty')""")
+        """() => !document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current.jp-mod-dirty')"""
+    )
     return nbformat.read(lab.dir / name, as_version=4)
 
 
@@ -247,6 +281,7 @@ def _toasts(page) -> list[str]:
 
 # --- the tests --------------------------------------------------------------------------------------------------
 
+
 def test_notebook_00_runs_and_its_map_opens_the_notebooks(page, lab):
     name = NOTEBOOKS[0].name
     _open(page, lab, name)
@@ -272,7 +307,9 @@ def test_notebook_00_runs_and_its_map_opens_the_notebooks(page, lab):
         page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabCloseIcon").click()
         page.wait_for_function(
             "(name) => document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current')"
-            "?.innerText.trim() === name", arg=name)
+            "?.innerText.trim() === name",
+            arg=name,
+        )
     lab.shut_down_kernels()
 
 
@@ -282,7 +319,9 @@ def _open_from_map(page, home: str, target: str) -> None:
     link.click()
     page.wait_for_function(
         "(name) => document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current')"
-        "?.innerText.trim() === name", arg=target)
+        "?.innerText.trim() === name",
+        arg=target,
+    )
     title = page.locator(f"{PANEL} .jp-MarkdownCell h1").first.text_content()
     assert title.startswith(target[:2]), f"the map's link {target!r} opened a notebook titled {title!r}"
 
@@ -298,8 +337,13 @@ def test_training_notebook_runs_and_shows_its_progress_bar_as_a_widget(page, lab
     _run_all(page, name)
     ran = _save_and_read(page, lab, name)
     assert not _errors_in(ran), _errors_in(ran)
-    saved_bars = [o.data["text/plain"] for c in ran.cells if c.cell_type == "code" for o in c.outputs
-                  if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    saved_bars = [
+        o.data["text/plain"]
+        for c in ran.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     assert saved_bars and not [t for t in saved_bars if STALE_BAR.search(t)], f"saved bars read {saved_bars}"
     texts = _output_texts(page)
     assert not [t for t in texts if WIDGET_AS_TEXT.search(t)], "a progress bar rendered as text, not as a widget"
@@ -335,7 +379,9 @@ def test_a_handout_shows_its_images(page, tmp_path):
     page.goto(html.as_uri())
     images = page.locator("img")
     assert images.count() >= 1
-    widths = [images.nth(i).evaluate("img => img.decode().then(() => img.naturalWidth, () => 0)")
-              for i in range(images.count())]
+    widths = [
+        images.nth(i).evaluate("img => img.decode().then(() => img.naturalWidth, () => 0)")
+        for i in range(images.count())
+    ]
     assert all(widths), f"images that did not render (natural width 0): {[i for i, w in enumerate(widths) if not w]}"
     _screenshot(page, path.name, "_handout")

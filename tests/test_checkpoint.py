@@ -202,7 +202,10 @@ def test_checkpoint_loads_with_plain_torch_load_weights_only(tmp_path):
 def test_map_location_cuda_on_a_cpu_machine_is_a_device_error_not_a_corrupt_file(tmp_path):
     model = nn.Linear(2, 2)
     path = save_checkpoint(tmp_path / "ckpt.pt", model)
-    with pytest.raises(WeightsDeviceError, match=r"map_location='cuda' asks for a CUDA device, which this machine "
-                                                 r"does not have; nothing was read\. Fix: .*map_location='cpu'"):
+    with pytest.raises(
+        WeightsDeviceError,
+        match=r"map_location='cuda' asks for a CUDA device, which this machine "
+        r"does not have; nothing was read\. Fix: .*map_location='cpu'",
+    ):
         load_checkpoint(model, path, map_location="cuda")
     load_checkpoint(model, path, map_location="cpu")  # the same file is fine

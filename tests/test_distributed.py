@@ -71,12 +71,15 @@ def _kill(procs: list[subprocess.Popen], marker: str) -> list[int]:
     return left
 
 
-def _run(commands: list[list[str]], marker: str, envs: list[dict[str, str]] | None = None
-         ) -> list[tuple[int, str, str]]:
+def _run(
+    commands: list[list[str]], marker: str, envs: list[dict[str, str]] | None = None
+) -> list[tuple[int, str, str]]:
     """Start every command at once, wait for all (bounded), always clean up; returns (rc, stdout, stderr) each."""
     envs = envs or [_env() for _ in commands]
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              start_new_session=True) for c, env in zip(commands, envs, strict=True)]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        for c, env in zip(commands, envs, strict=True)
+    ]
     try:
         outputs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in procs]
         return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
@@ -104,8 +107,17 @@ def _check_checkpoint(path: Path, world_size: int) -> dict:
 @pytest.mark.launches
 def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
     out = tmp_path / "ddp.pt"
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST, "--out",
-           str(out)]
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "transferlab.distributed",
+        *FAST,
+        "--out",
+        str(out),
+    ]
     [(rc, stdout, stderr)] = _run([cmd], str(out))
     assert rc == 0, f"torchrun failed ({rc}):\n{stdout}\n{stderr}"
     assert "world size 2 (backend gloo, device cpu)" in stdout and "global batch 20 = 2 x 10" in stdout, stdout
@@ -126,8 +138,19 @@ def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
 def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
     """Two torchrun launchers, one process each, as two machines would: same endpoint, same job id."""
     out = tmp_path / "nodes.pt"
-    launcher = [*TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", f"transferlab-{os.getpid()}"]
+    launcher = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv-id",
+        f"transferlab-{os.getpid()}",
+    ]
     script = ["-m", "transferlab.distributed", *FAST, "--out", str(out)]
     results = _run([launcher + script, launcher + script], str(out))
     for rc, stdout, stderr in results:
@@ -140,8 +163,17 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
 @pytest.mark.launches
 def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
     out = tmp_path / "never.pt"
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *FAST,
-           "--out", str(out)]
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "transferlab.distributed",
+        *FAST,
+        "--out",
+        str(out),
+    ]
     start = time.monotonic()
     [(rc, stdout, stderr)] = _run([cmd], str(out), [_env(TRANSFERLAB_FAIL_AT="1:2")])
     assert rc != 0, "the job should fail"
@@ -156,13 +188,35 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
 def test_an_elastic_job_restarts_resumes_from_its_snapshot_and_ends_as_an_uninterrupted_one(tmp_path):
     """Rank 1 dies at step 7 of 8; torchrun restarts both processes once; they resume from the step-5 snapshot."""
     steps = ["--steps", "8", "--test-size", "100"]
-    plain = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", *steps,
-             "--out", str(tmp_path / "plain.pt")]
-    elastic = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "--max-restarts", "1",
-               "-m", "transferlab.distributed", *steps, "--out", str(tmp_path / "elastic.pt"),
-               "--snapshot", str(tmp_path / "snapshot.pt")]
-    (rc_p, out_p, err_p), (rc_e, out_e, err_e) = _run([plain, elastic], str(tmp_path),
-                                                      [_env(), _env(TRANSFERLAB_FAIL_AT="1:7")])
+    plain = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "transferlab.distributed",
+        *steps,
+        "--out",
+        str(tmp_path / "plain.pt"),
+    ]
+    elastic = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "1",
+        "-m",
+        "transferlab.distributed",
+        *steps,
+        "--out",
+        str(tmp_path / "elastic.pt"),
+        "--snapshot",
+        str(tmp_path / "snapshot.pt"),
+    ]
+    (rc_p, out_p, err_p), (rc_e, out_e, err_e) = _run(
+        [plain, elastic], str(tmp_path), [_env(), _env(TRANSFERLAB_FAIL_AT="1:7")]
+    )
     assert rc_p == 0 and not err_p, f"the uninterrupted run failed ({rc_p}):\n{out_p}\n{err_p}"
     assert rc_e == 0, f"the elastic run should recover ({rc_e}):\n{out_e}\n{err_e}"
     assert "rank 1: injected failure at step 7" in err_e, err_e
@@ -179,8 +233,22 @@ def test_an_elastic_job_restarts_resumes_from_its_snapshot_and_ends_as_an_uninte
 @pytest.mark.launches
 def test_a_model_factory_runs_resnet50_under_torchrun(tmp_path):
     out = tmp_path / "r50.pt"
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "transferlab.distributed", "--steps", "1",
-           "--test-size", "20", "--model", "torchvision.models:resnet50", "--out", str(out)]
+    cmd = [
+        *TORCHRUN,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "transferlab.distributed",
+        "--steps",
+        "1",
+        "--test-size",
+        "20",
+        "--model",
+        "torchvision.models:resnet50",
+        "--out",
+        str(out),
+    ]
     [(rc, stdout, stderr)] = _run([cmd], str(out))
     assert rc == 0 and not stderr, f"torchrun failed ({rc}):\n{stdout}\n{stderr}"
     state = torch.load(out, weights_only=True)["model"]
@@ -190,8 +258,15 @@ def test_a_model_factory_runs_resnet50_under_torchrun(tmp_path):
 @pytest.fixture
 def one_process(monkeypatch):
     """Run ``main`` in this process as a one-process job (no launcher variables)."""
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRANSFERLAB_FAIL_AT",
-                 "TORCHELASTIC_RESTART_COUNT"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TRANSFERLAB_FAIL_AT",
+        "TORCHELASTIC_RESTART_COUNT",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
     assert not torch.distributed.is_initialized(), "main() must destroy its process group"
@@ -227,8 +302,11 @@ def test_loading_pretrained_matches_the_published_weights():
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
 
 
-SHARDING_PROBLEMS = [(100, 20, 3, "cannot be split evenly"), (100, 2, 4, "cannot be split evenly"),
-                     (10, 20, 2, "do not fill")]
+SHARDING_PROBLEMS = [
+    (100, 20, 3, "cannot be split evenly"),
+    (100, 2, 4, "cannot be split evenly"),
+    (10, 20, 2, "do not fill"),
+]
 
 
 @pytest.mark.parametrize(("n", "batch", "world", "problem"), SHARDING_PROBLEMS)
@@ -267,8 +345,12 @@ def test_a_model_factory_from_the_launch_folder_is_trained(one_process, tmp_path
     distributed.main(["--model", "my_models:tiny", *FAST, "--out", str(out)])
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint["model"]["5.weight"].shape == (10, 4) and checkpoint["args"]["model"] == "my_models:tiny"
-    for spec, problem in [("my_models", "expected module:function"), ("no_such_module:f", "cannot import"),
-                          ("my_models:nothing", "has no function"), ("my_models:not_a_model", "not an nn.Module")]:
+    for spec, problem in [
+        ("my_models", "expected module:function"),
+        ("no_such_module:f", "cannot import"),
+        ("my_models:nothing", "has no function"),
+        ("my_models:not_a_model", "not an nn.Module"),
+    ]:
         with pytest.raises((ValueError, TypeError), match=problem):
             distributed.build_model(spec)
     with pytest.raises(ValueError, match="loads its own weights"):
@@ -293,8 +375,13 @@ def test_accumulated_micro_batches_under_no_sync_give_the_large_batch_gradient_w
     try:
         ddp = DDP(model)
         rounds = []
-        ddp.register_comm_hook(None, lambda state, bucket: (rounds.append(1), default_hooks.allreduce_hook(
-            torch.distributed.group.WORLD, bucket))[1])
+        ddp.register_comm_hook(
+            None,
+            lambda state, bucket: (
+                rounds.append(1),
+                default_hooks.allreduce_hook(torch.distributed.group.WORLD, bucket),
+            )[1],
+        )
         ddp.zero_grad()
         loss = distributed.accumulate_gradients(ddp, micro)
     finally:
@@ -324,18 +411,36 @@ def test_a_failure_is_injected_only_where_and_when_asked(monkeypatch):
 
 def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one_process, tmp_path):
     snapshot = tmp_path / "snap.pt"
-    args = distributed._parser().parse_args(["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50",
-                                             "--out", str(tmp_path / "a.pt")])
+    args = distributed._parser().parse_args(
+        ["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50", "--out", str(tmp_path / "a.pt")]
+    )
     model = distributed.load_pretrained("DEFAULT")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 5,
-                "train_loss": [1.0] * 5, "args": {**vars(args), "steps": 15}}, snapshot)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": 5,
+            "train_loss": [1.0] * 5,
+            "args": {**vars(args), "steps": 15},
+        },
+        snapshot,
+    )
     with pytest.raises(ValueError, match="another job .*steps: 15 there, 8 here"):
         distributed.load_snapshot(snapshot, model, optimizer, args)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 5,
-                "train_loss": [1.0] * 5, "args": vars(args)}, snapshot)
-    distributed.main(["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50",
-                      "--out", str(tmp_path / "a.pt")])
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": 5,
+            "train_loss": [1.0] * 5,
+            "args": vars(args),
+        },
+        snapshot,
+    )
+    distributed.main(
+        ["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50", "--out", str(tmp_path / "a.pt")]
+    )
     checkpoint = torch.load(tmp_path / "a.pt", weights_only=True)
     assert checkpoint["resumed_at"] == 5 and checkpoint["train_loss"][:5] == [1.0] * 5
     assert len(checkpoint["train_loss"]) == 8 and not snapshot.exists()

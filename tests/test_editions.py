@@ -37,6 +37,7 @@ display(Image(buffer.getvalue()))"""
 
 def fixture_notebook() -> nbformat.NotebookNode:
     """A two-exercise notebook in the course's format, with an image, a map link and a questionnaire."""
+
     def code(source, *tags):
         cell = new_code_cell(source)
         if tags:
@@ -45,26 +46,41 @@ def fixture_notebook() -> nbformat.NotebookNode:
 
     answers = new_markdown_cell("<details><summary>Answers</summary>\n\n1. Nine.\n</details>")
     answers.metadata["jupyter"] = {"source_hidden": True}
-    nb = new_notebook(cells=[
-        new_markdown_cell("# 99 · Fixture\n\nWhat you will learn: squares. Prerequisites: none. Run time: 1 s."),
-        code("base = 3\nprint('lesson output', base)"),
-        new_markdown_cell("## 1. A picture\n\nProse that the clean edition drops. Next: [the map](00_start_here.ipynb)"
-                          " and [the code](../src/transferlab/editions.py)."),
-        code(PNG_CELL),
-        new_markdown_cell("## Exercises\n\n**Exercise 1.** Square `base`."),
-        code(f"square = None  # your answer goes here\n{BEGIN}\nsquare = base ** 2  # SECRET-ONE\n{END}\n"
-             "print('square is', square)", "solution"),
-        code('assert square is not None, "Exercise 1: set square in the cell above."\n'
-             'assert square == base * base, f"Exercise 1: expected {base * base}, found {square}."', "self-check"),
-        new_markdown_cell("**Exercise 2. Even numbers.** List the first three."),  # the titled variant
-        code(f"evens = None\nif True:\n    {BEGIN}\n    evens = [2 * i for i in range(3)]  # SECRET-TWO\n    {END}",
-             "solution"),
-        code('assert evens is not None, "Exercise 2: set evens in the cell above."\n'
-             'assert evens == [0, 2, 4], f"Exercise 2: expected [0, 2, 4], found {evens}."', "self-check"),
-        new_markdown_cell("## Questionnaire\n\n1. What is three squared?"),
-        answers,
-        new_markdown_cell("## Further reading\n\n- A book."),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# 99 · Fixture\n\nWhat you will learn: squares. Prerequisites: none. Run time: 1 s."),
+            code("base = 3\nprint('lesson output', base)"),
+            new_markdown_cell(
+                "## 1. A picture\n\nProse that the clean edition drops. Next: [the map](00_start_here.ipynb)"
+                " and [the code](../src/transferlab/editions.py)."
+            ),
+            code(PNG_CELL),
+            new_markdown_cell("## Exercises\n\n**Exercise 1.** Square `base`."),
+            code(
+                f"square = None  # your answer goes here\n{BEGIN}\nsquare = base ** 2  # SECRET-ONE\n{END}\n"
+                "print('square is', square)",
+                "solution",
+            ),
+            code(
+                'assert square is not None, "Exercise 1: set square in the cell above."\n'
+                'assert square == base * base, f"Exercise 1: expected {base * base}, found {square}."',
+                "self-check",
+            ),
+            new_markdown_cell("**Exercise 2. Even numbers.** List the first three."),  # the titled variant
+            code(
+                f"evens = None\nif True:\n    {BEGIN}\n    evens = [2 * i for i in range(3)]  # SECRET-TWO\n    {END}",
+                "solution",
+            ),
+            code(
+                'assert evens is not None, "Exercise 2: set evens in the cell above."\n'
+                'assert evens == [0, 2, 4], f"Exercise 2: expected [0, 2, 4], found {evens}."',
+                "self-check",
+            ),
+            new_markdown_cell("## Questionnaire\n\n1. What is three squared?"),
+            answers,
+            new_markdown_cell("## Further reading\n\n- A book."),
+        ]
+    )
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     return nb
 
@@ -79,16 +95,21 @@ def executed(tmp_path_factory):
 
 def test_stub_replaces_every_block_and_keeps_placeholders_and_indentation():
     source = f"x = None\n{BEGIN}\nx = 1\n{END}\nprint(x)\nif True:\n    {BEGIN}\n    y = 2\n    {END}"
-    assert stub_solutions(source) == ("x = None\n# YOUR CODE HERE\nraise NotImplementedError()\nprint(x)\n"
-                                      "if True:\n    # YOUR CODE HERE\n    raise NotImplementedError()")
+    assert stub_solutions(source) == (
+        "x = None\n# YOUR CODE HERE\nraise NotImplementedError()\nprint(x)\n"
+        "if True:\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    )
 
 
-@pytest.mark.parametrize("source, problem", [
-    ("x = 1", "no '### BEGIN SOLUTION'"),
-    (f"{BEGIN}\nx = 1", "never closed"),
-    (f"x = 1\n{END}", "without a"),
-    (f"{BEGIN}\n{BEGIN}\n{END}", "inside a solution block"),
-])
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("x = 1", "no '### BEGIN SOLUTION'"),
+        (f"{BEGIN}\nx = 1", "never closed"),
+        (f"x = 1\n{END}", "without a"),
+        (f"{BEGIN}\n{BEGIN}\n{END}", "inside a solution block"),
+    ],
+)
 def test_stub_rejects_broken_markers(source, problem):
     with pytest.raises(ValueError, match=problem):
         stub_solutions(source)
@@ -115,21 +136,29 @@ def _broken(change):
 def test_format_check_names_what_is_broken():
     assert _broken(lambda c: c[8].metadata.update(tags=[])) == [
         "1 coding exercise(s) (cells tagged 'solution'); the course asks for at least 2",
-        "cells [9] are tagged 'self-check' but follow no 'solution' cell"]
+        "cells [9] are tagged 'self-check' but follow no 'solution' cell",
+    ]
     assert _broken(lambda c: c[5].update(source="square = 9")) == [
-        "cell 5: no '### BEGIN SOLUTION' ... '### END SOLUTION' block; wrap the reference solution in the markers."]
+        "cell 5: no '### BEGIN SOLUTION' ... '### END SOLUTION' block; wrap the reference solution in the markers."
+    ]
     assert _broken(lambda c: c[7].update(source="Exercise 2: evens.")) == [
-        "cell 8: no '**Exercise N.** ...' markdown prompt above this solution cell"]
+        "cell 8: no '**Exercise N.** ...' markdown prompt above this solution cell"
+    ]
     assert _broken(lambda c: c[7].update(source="**Exercise 3.** evens")) == [
-        "exercises are numbered [1, 3]; expected 1, 2, ... in order"]
+        "exercises are numbered [1, 3]; expected 1, 2, ... in order"
+    ]
     assert _broken(lambda c: c[6].update(source="assert square is not None\nprint('ok')")) == [
-        "cell 6: assert(s) on line(s) [1] need a message saying what was expected and what was found"]
+        "cell 6: assert(s) on line(s) [1] need a message saying what was expected and what was found"
+    ]
     assert _broken(lambda c: c[9].update(source="print(evens)")) == [
-        "cell 9: a self-check must assert on the learner's results"]
+        "cell 9: a self-check must assert on the learner's results"
+    ]
     assert _broken(lambda c: c.insert(7, c[6].copy())) == [
-        "cells [7] are tagged 'self-check' but follow no 'solution' cell"]
+        "cells [7] are tagged 'self-check' but follow no 'solution' cell"
+    ]
     assert _broken(lambda c: c.insert(6, new_code_cell("pass"))) == [
-        "cell 6: the cell after a 'solution' cell must be tagged 'self-check'."]
+        "cell 6: the cell after a 'solution' cell must be tagged 'self-check'."
+    ]
 
 
 def test_student_edition_has_no_solution_text_and_keeps_the_lesson(executed):
@@ -152,8 +181,11 @@ def test_student_edition_has_no_solution_text_and_keeps_the_lesson(executed):
 def test_student_edition_run_fails_each_self_check_with_its_message(executed, tmp_path):
     ran = execute(student_notebook(executed, "abc1234"), tmp_path)
     assert stub_run_problems(ran) == []
-    errors = {i: c.outputs[-1] for i, c in enumerate(ran.cells) if c.cell_type == "code" and c.outputs
-              and c.outputs[-1].output_type == "error"}
+    errors = {
+        i: c.outputs[-1]
+        for i, c in enumerate(ran.cells)
+        if c.cell_type == "code" and c.outputs and c.outputs[-1].output_type == "error"
+    }
     assert sorted(errors) == [5, 6, 8, 9]
     assert errors[6].ename == "AssertionError" and errors[6].evalue == "Exercise 1: set square in the cell above."
     assert errors[9].evalue == "Exercise 2: set evens in the cell above."
@@ -162,6 +194,7 @@ def test_student_edition_run_fails_each_self_check_with_its_message(executed, tm
 
 def test_stub_run_problems_names_a_self_check_that_does_not_assert(executed):
     ran = student_notebook(executed, "abc1234")  # hand-made outputs: no kernel needed
+
     def error(ename, evalue):
         return [nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[])]
 
@@ -185,8 +218,10 @@ def test_wrong_answers_run_after_the_stub_and_their_self_checks_must_fail(execut
     tags = [c.metadata.get("tags", []) for c in student.cells[7:11]]
     assert tags == [["wrong-answer"], ["wrong-answer-check"], ["wrong-answer"], ["wrong-answer-check"]], tags
     problems = stub_run_problems(execute(student, tmp_path))
-    assert problems == ["cell 10 (self-check after a wrong answer): expected an AssertionError with a message, "
-                        "found no error: the self-check passes a wrong answer"], problems
+    assert problems == [
+        "cell 10 (self-check after a wrong answer): expected an AssertionError with a message, "
+        "found no error: the self-check passes a wrong answer"
+    ], problems
     nb.cells[5].metadata["transferlab"] = {"wrong_answers": ["square = (("]}
     assert any("wrong answer in its metadata is not valid" in p for p in format_problems(nb))
 
@@ -217,8 +252,12 @@ def test_clean_edition_keeps_headings_code_and_questions_only(executed):
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     markdown = [c.source for c in clean.cells if c.cell_type == "markdown"]
     assert markdown[0].startswith("# 99 · Fixture\n\n*Clean edition of transferlab commit `abc1234`")
-    assert markdown[1:] == ["## 1. A picture", "## Exercises", "## Questionnaire\n\n1. What is three squared?",
-                            "## Further reading"]
+    assert markdown[1:] == [
+        "## 1. A picture",
+        "## Exercises",
+        "## Questionnaire\n\n1. What is three squared?",
+        "## Further reading",
+    ]
     assert edition_of(clean) == "clean"
 
 

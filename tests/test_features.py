@@ -9,8 +9,7 @@ from transferlab.features import ShuffledBatches, extract_features, train_head
 
 def backbone_and_data():
     torch.manual_seed(0)
-    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                             nn.AdaptiveAvgPool2d(1))
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1))
     y = torch.arange(40) % 2
     x = torch.rand(40, 3, 8, 8) + y.view(-1, 1, 1, 1).float()
     return backbone, TensorDataset(x, y)
@@ -38,8 +37,9 @@ def test_train_head_learns_on_cached_features_and_matches_full_model():
     torch.manual_seed(1)
     head = nn.Linear(4, 2)
     opt = torch.optim.SGD(head.parameters(), lr=0.5)
-    history = train_head(head, feats, feats, opt, epochs=30, batch_size=8,
-                         generator=torch.Generator().manual_seed(0), progress=False)
+    history = train_head(
+        head, feats, feats, opt, epochs=30, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False
+    )
     assert len(history) == 30
     assert history.best_val_acc >= 0.9
     # the cached head plugged behind the frozen backbone gives the same predictions on images
@@ -66,8 +66,9 @@ def test_train_head_without_validation_picks_the_best_epoch_on_the_training_feat
     backbone, data = backbone_and_data()
     feats = extract_features(backbone, DataLoader(data, batch_size=16))
     head = nn.Linear(4, 2)
-    history = train_head(head, feats, None, torch.optim.SGD(head.parameters(), lr=0.5), epochs=5, batch_size=8,
-                         progress=False)
+    history = train_head(
+        head, feats, None, torch.optim.SGD(head.parameters(), lr=0.5), epochs=5, batch_size=8, progress=False
+    )
     x, y = feats.tensors
     with torch.no_grad():
         assert history.val_acc[history.best_epoch] == (head(x).argmax(1) == y).float().mean().item()
@@ -77,8 +78,9 @@ def test_pooled_features_at_equals_slicing_the_network():
     from transferlab.features import pooled_features_at
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(),
-                        nn.LazyLinear(2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.LazyLinear(2)
+    )
     x = torch.rand(10, 3, 8, 8)
     net(x)  # materialise the lazy layer
     net.train()

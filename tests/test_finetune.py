@@ -84,12 +84,15 @@ def test_probe_strategy_trains_only_a_head(folder):
     assert list(runs) == ["probe"] and isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 3
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty", "is empty"),
-    ("one_class", "single class"),
-    ("unreadable", "cannot read the image .*broken.png"),
-    ("loose", "not ImageFolder-shaped"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", "is empty"),
+        ("one_class", "single class"),
+        ("unreadable", "cannot read the image .*broken.png"),
+        ("loose", "not ImageFolder-shaped"),
+    ],
+)
 def test_command_refuses_a_bad_folder_with_a_clear_message(tmp_path, case, message):
     root = tmp_path / case
     (root / "a").mkdir(parents=True)

@@ -10,14 +10,21 @@ from transferlab.gradcam import grad_cam
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    )
 
 
 def _by_hand(model, inputs, classes):
     maps = model[:4](inputs)  # the layer's output, kept in the graph
     logits = model[4:](maps)
-    grads, = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), maps)
+    (grads,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), maps)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(1)).detach()
     return cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
 
@@ -39,8 +46,9 @@ def test_grad_cam_defaults_to_predictions_upsamples_and_restores_mode():
     model.train()
     cam = grad_cam(model, model[3], x)
     assert cam.shape == (2, 8, 8) and model.training and float(cam.max()) <= 1.0 + 1e-6
-    manual = F.interpolate(_by_hand(model.eval(), x, predicted)[:, None], size=(8, 8), mode="bilinear",
-                           align_corners=False)[:, 0]
+    manual = F.interpolate(
+        _by_hand(model.eval(), x, predicted)[:, None], size=(8, 8), mode="bilinear", align_corners=False
+    )[:, 0]
     torch.testing.assert_close(cam, manual / manual.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1))
     assert not model[3]._forward_hooks  # the hook is removed
 

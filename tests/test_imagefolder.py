@@ -30,14 +30,17 @@ def test_check_image_folder_lists_classes_sorted(tmp_path):
     assert list(found) == ["cat", "dog"] and [p.name for p in found["cat"]] == ["0.png", "1.png", "2.png"]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "is not a folder"),
-    ("empty", "is empty"),
-    ("loose", "is not ImageFolder-shaped"),
-    ("one_class", "single class"),
-    ("no_images", "holds no images"),
-    ("unreadable", "cannot read the image"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "is not a folder"),
+        ("empty", "is empty"),
+        ("loose", "is not ImageFolder-shaped"),
+        ("one_class", "single class"),
+        ("no_images", "holds no images"),
+        ("unreadable", "cannot read the image"),
+    ],
+)
 def test_each_bad_folder_gets_its_own_message(tmp_path, case, message):
     root = tmp_path / case
     if case != "missing":
@@ -89,8 +92,9 @@ def test_offline_folder_has_three_classes_and_splits_share_no_image(tmp_path):
     s = load_splits(root)
     assert s.classes == ["face", "not_face", "texture"]
     assert (len(s.train), len(s.val), len(s.test)) == (12, 9, 9)
-    pixels = {name: {np.asarray(Image.open(p)).tobytes() for p, _ in getattr(s, name)}
-              for name in ("train", "val", "test")}
+    pixels = {
+        name: {np.asarray(Image.open(p)).tobytes() for p, _ in getattr(s, name)} for name in ("train", "val", "test")
+    }
     assert not (pixels["train"] & pixels["val"] or pixels["train"] & pixels["test"] or pixels["val"] & pixels["test"])
     mtime = (root / ".complete").stat().st_mtime_ns
     assert write_offline_folder(root, counts=(4, 3, 3)) == root and (root / ".complete").stat().st_mtime_ns == mtime

@@ -80,8 +80,11 @@ def test_resolve_weights_accepts_default_member_name_and_enum():
 
 @pytest.mark.parametrize(
     "name, weights, hint",
-    [("resnet18", ResNet50_Weights.DEFAULT, "not weights of"), ("resnet18", "IMAGENET9K", "IMAGENET1K_V1"),
-     ("no_such_net", "DEFAULT", "list_models")],
+    [
+        ("resnet18", ResNet50_Weights.DEFAULT, "not weights of"),
+        ("resnet18", "IMAGENET9K", "IMAGENET1K_V1"),
+        ("no_such_net", "DEFAULT", "list_models"),
+    ],
 )
 def test_resolve_weights_rejects_bad_input_with_a_hint(name, weights, hint):
     with pytest.raises(ValueError, match=hint):
@@ -183,8 +186,11 @@ def test_file_with_wrong_shapes_is_not_loaded():
     state_dict = random_state_dict("resnet18")
     state_dict["fc.weight"] = torch.zeros(10, 512)
     plant(ResNet18_Weights.DEFAULT, state_dict)
-    with pytest.raises(WeightsFileError, match=r"(?s)does not fit 'resnet18', so nothing was loaded.*1 shape-mismatched"
-                                               r".*fc.weight source \[10, 512\] vs model \[1000, 512\]"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"(?s)does not fit 'resnet18', so nothing was loaded.*1 shape-mismatched"
+        r".*fc.weight source \[10, 512\] vs model \[1000, 512\]",
+    ):
         imagenet_model("resnet18")
 
 

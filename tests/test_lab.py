@@ -29,16 +29,30 @@ def free_port() -> int:
 def test_jupyterlab_serves_the_notebooks(tmp_path):
     port, token = free_port(), "transferlab-test"
     # the same invocation as `make lab`, plus what a headless start needs
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", "notebooks/00_start_here.ipynb"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        "notebooks/00_start_here.ipynb",
+    ]
     if os.geteuid() == 0:
         cmd.insert(4, "--allow-root")
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
-               JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"))
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(tmp_path),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_CONFIG_PATH=str(ROOT / "jupyter-config"),
+    )
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents/",
-                                         headers={"Authorization": f"token {token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/contents/", headers={"Authorization": f"token {token}"}
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -54,8 +68,9 @@ def test_jupyterlab_serves_the_notebooks(tmp_path):
         # the page JupyterLab serves carries the course's settings: the news pop-up's plugin is switched off
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=10) as reply:
             page = reply.read().decode()
-        config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
-                                      page, re.S).group(1))
+        config = json.loads(
+            re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', page, re.S).group(1)
+        )
         assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"], config
     finally:
         server.terminate()

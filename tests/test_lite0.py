@@ -218,15 +218,25 @@ def _refused(tmp_path, state_dict, name, error, match):
 def test_wrong_name_in_file(tmp_path, file_state_dict):
     bad = dict(file_state_dict)
     bad["_blocks.3._dw_conv.weight"] = bad.pop("_blocks.3._depthwise_conv.weight")
-    _refused(tmp_path, bad, "lite0_renamed.pth", WeightsFileError,
-             r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight")
+    _refused(
+        tmp_path,
+        bad,
+        "lite0_renamed.pth",
+        WeightsFileError,
+        r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight",
+    )
 
 
 def test_wrong_shape_in_file(tmp_path, file_state_dict):
     bad = dict(file_state_dict)
     bad["_fc.weight"], bad["_fc.bias"] = torch.zeros(10, 1280), torch.zeros(10)  # a 10-class head
-    error = _refused(tmp_path, bad, "lite0_10_classes.pth", IncompleteLoadError,
-                     r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]")
+    error = _refused(
+        tmp_path,
+        bad,
+        "lite0_10_classes.pth",
+        IncompleteLoadError,
+        r"(?s)lite0_10_classes\.pth.*classifier\.weight.*\[10, 1280\]",
+    )
     assert set(error.report.shape_mismatched) == {"classifier.weight", "classifier.bias"}
 
 
@@ -242,9 +252,13 @@ def test_wrong_shape_through_load_matching_directly(file_state_dict):
     assert len(report.loaded) == 294 and report.excluded == ["classifier.weight", "classifier.bias"]
 
 
-@pytest.mark.parametrize("builder, enum", [(efficientnet_lite0, "EfficientNetLite0_Weights"),
-                                           (tiny_resnet, "TinyResNet_Weights")])
+@pytest.mark.parametrize(
+    "builder, enum", [(efficientnet_lite0, "EfficientNetLite0_Weights"), (tiny_resnet, "TinyResNet_Weights")]
+)
 def test_a_weights_name_that_does_not_exist_gets_one_message_shape(builder, enum):
-    with pytest.raises(ValueError, match=rf"unknown weights 'IMAGENET' for {builder.__name__}; use one of None, .*"
-                                         rf"'DEFAULT' or a {enum} member, e\.g\. {builder.__name__}\(weights={enum}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"unknown weights 'IMAGENET' for {builder.__name__}; use one of None, .*"
+        rf"'DEFAULT' or a {enum} member, e\.g\. {builder.__name__}\(weights={enum}",
+    ):
         builder(weights="IMAGENET")

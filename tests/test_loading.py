@@ -33,6 +33,7 @@ def seeded(n_out: int = 3, seed: int = 0) -> Small:
 
 # ---- clean_state_dict -------------------------------------------------------------------------------------------
 
+
 def test_clean_state_dict_strips_real_dataparallel_keys():
     model = seeded()
     wrapped = nn.DataParallel(model)  # on CPU DataParallel just wraps: its keys gain `module.`
@@ -59,6 +60,7 @@ def test_clean_state_dict_refuses_colliding_keys():
 
 
 # ---- load_matching ----------------------------------------------------------------------------------------------
+
 
 def test_load_matching_by_name_and_shape_and_proves_copies():
     source, target = seeded(n_out=10, seed=1), seeded(n_out=3, seed=2)
@@ -144,6 +146,7 @@ def test_load_matching_from_a_file(tmp_path):
 
 # ---- adapt_input_conv -------------------------------------------------------------------------------------------
 
+
 def test_one_channel_sums_rgb_filters_and_matches_grey_input():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 3, padding=1)
@@ -202,8 +205,9 @@ def test_report_repr_summarises_each_category():
     assert lines[1] == "  missing (model keeps its values) 4 [bn: 4]: bn.weight, bn.bias, bn.running_mean, ..."
     assert lines[2] == "  unexpected (ignored) 1 [extra: 1]: extra.weight"
     assert lines[3] == "  excluded (model keeps its values) 2 [fc: 2]: fc.weight, fc.bias"
-    assert lines[4] == ("  filled in (absent from old checkpoints; model keeps its counters) 1 [bn: 1]: "
-                        "bn.num_batches_tracked")
+    assert lines[4] == (
+        "  filled in (absent from old checkpoints; model keeps its counters) 1 [bn: 1]: bn.num_batches_tracked"
+    )
     assert len(lines) == 5
 
 
@@ -215,15 +219,22 @@ def test_load_matching_from_another_model():
 
 # ---- checkpoints from before PyTorch 0.4.1 (no num_batches_tracked) --------------------------------------------
 
+
 def pre_041_dataparallel_checkpoint(model: nn.Module) -> dict:
     """A checkpoint shaped like the published pre-0.4.1 ones: saved from nn.DataParallel (keys prefixed
     ``module.``), nested under ``state_dict`` next to training extras, and without BatchNorm's
     ``num_batches_tracked`` buffers (added in 0.4.1). The dict comprehension drops ``_metadata`` as an old file
     has none."""
-    state = {k: v.clone() for k, v in nn.DataParallel(model).state_dict().items()
-             if not k.endswith("num_batches_tracked")}
-    return {"epoch": 90, "arch": "resnet18", "state_dict": OrderedDict(state), "best_prec1": 69.758,
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0001, "momentum": 0.9}]}}
+    state = {
+        k: v.clone() for k, v in nn.DataParallel(model).state_dict().items() if not k.endswith("num_batches_tracked")
+    }
+    return {
+        "epoch": 90,
+        "arch": "resnet18",
+        "state_dict": OrderedDict(state),
+        "best_prec1": 69.758,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.0001, "momentum": 0.9}]},
+    }
 
 
 def test_pre_041_dataparallel_checkpoint_loads_strictly_and_exactly(tmp_path):

@@ -63,8 +63,9 @@ def test_linear_matches_plain_linear_and_merge_roundtrip() -> None:
 
 def test_zero_init_identity_and_only_lora_trains() -> None:
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
     x = torch.randn(2, 3, 6, 6)
     before = model(x)
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -68,8 +68,11 @@ def test_missing_weights_file_says_how_to_rebuild(monkeypatch, tmp_path):
 
 
 def test_unknown_weights_name_the_valid_choices():
-    with pytest.raises(ValueError, match=r"unknown weights 'nope' for tiny_resnet; use one of None, 'LETTERS_V1', "
-                                         r"'DEFAULT'"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown weights 'nope' for tiny_resnet; use one of None, 'LETTERS_V1', "
+        r"'DEFAULT'",
+    ):
         tiny_resnet(weights="nope")
 
 
@@ -80,8 +83,12 @@ def test_reaches_published_source_accuracy():
     # through the public path: the dataset with the weights' own transforms
     test = source_dataset("test", transform=weights.transforms())
     with torch.no_grad():
-        preds = torch.cat([model(torch.stack([test[i][0] for i in range(s, min(s + 520, len(test)))])).argmax(1)
-                           for s in range(0, len(test), 520)])
+        preds = torch.cat(
+            [
+                model(torch.stack([test[i][0] for i in range(s, min(s + 520, len(test)))])).argmax(1)
+                for s in range(0, len(test), 520)
+            ]
+        )
     acc = float((preds == test.labels).float().mean())
     assert abs(acc - published) <= 0.01
     assert acc > 5 / 52  # far above chance
@@ -117,8 +124,11 @@ def test_an_altered_weights_file_is_refused_before_unpickling(monkeypatch, tmp_p
     monkeypatch.setattr(TinyResNet_Weights.LETTERS_V1.value, "url", str(altered))
     unpickled = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a) or {})
-    with pytest.raises(WeightsFileError, match=r"tiny_resnet_letters_v1\.pt is not the released file: its SHA-256 .*"
-                                               r"Fix: reinstall transferlab"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"tiny_resnet_letters_v1\.pt is not the released file: its SHA-256 .*"
+        r"Fix: reinstall transferlab",
+    ):
         tiny_resnet(weights="DEFAULT")
     assert unpickled == [], "the file must be refused before torch.load reads it"
 

@@ -98,7 +98,6 @@ def test_readme_links_resolve():
         assert (ROOT / unquote(target.split("#")[0])).exists(), f"README.md: link {target!r} points to nothing"
 
 
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_exercises_follow_the_course_format(path):
     """Prompt, solution cell with the markers, self-check cell right after it; at least two per notebook.

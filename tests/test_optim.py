@@ -68,8 +68,17 @@ def test_gradual_unfreezer_adds_groups_at_the_scheduled_epochs():
     unfreezer = GradualUnfreezer(model, opt, {1: ["layer10"], 3: ["layer1"]}, lrs={"layer10": 0.01, "layer1": 0.001})
     data = TensorDataset(torch.randn(16, 4), torch.arange(16) % 3)
     frozen_l1 = model.layer1[0].weight.detach().clone()
-    history = fit(model, DataLoader(data, batch_size=8), None, opt, epochs=4, scheduler=sched,
-                  progress=False, on_epoch_start=unfreezer, restore_best=False)
+    history = fit(
+        model,
+        DataLoader(data, batch_size=8),
+        None,
+        opt,
+        epochs=4,
+        scheduler=sched,
+        progress=False,
+        on_epoch_start=unfreezer,
+        restore_best=False,
+    )
     assert [len(row) for row in history.lr] == [1, 2, 2, 3]
     assert history.lr[1] == [0.1, 0.01]
     assert history.lr[2] == pytest.approx([0.05, 0.005])  # the scheduler decays added groups too

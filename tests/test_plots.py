@@ -16,9 +16,16 @@ from transferlab.training import History  # noqa: E402
 
 
 def history() -> History:
-    return History(epoch=[0, 1, 2], train_loss=[1.0, 0.5, 0.3], train_acc=[0.5, 0.7, 0.9],
-                   val_loss=[1.1, 0.8, 0.9], val_acc=[0.4, 0.6, 0.55], lr=[[0.1], [0.1, 0.01], [0.05, 0.005]],
-                   best_epoch=1, best_val_acc=0.6)
+    return History(
+        epoch=[0, 1, 2],
+        train_loss=[1.0, 0.5, 0.3],
+        train_acc=[0.5, 0.7, 0.9],
+        val_loss=[1.1, 0.8, 0.9],
+        val_acc=[0.4, 0.6, 0.55],
+        lr=[[0.1], [0.1, 0.01], [0.05, 0.005]],
+        best_epoch=1,
+        best_val_acc=0.6,
+    )
 
 
 def test_plot_history_has_loss_and_accuracy_panels():

@@ -32,8 +32,7 @@ def small_source_test(monkeypatch):
 def test_main_writes_a_checkpoint_that_loads_into_tiny_resnet_and_its_metadata(tmp_path, small_source_test):
     out = tmp_path / "sub" / "weights.pt"
     out.parent.mkdir()
-    pretrain.main(["--steps", "3", "--batch-size", "8", "--glyphs-per-class", "1", "--threads", "1",
-                   "--out", str(out)])
+    pretrain.main(["--steps", "3", "--batch-size", "8", "--glyphs-per-class", "1", "--threads", "1", "--out", str(out)])
     assert sorted(p.name for p in out.parent.iterdir()) == ["weights.json", "weights.pt"]  # no temporary left over
     state = torch.load(out, map_location="cpu", weights_only=True)
     model = tiny_resnet(num_classes=len(SOURCE_CLASSES))
@@ -50,8 +49,22 @@ def test_main_writes_a_checkpoint_that_loads_into_tiny_resnet_and_its_metadata(t
 
 def test_main_with_excluded_letters_builds_a_smaller_head(tmp_path, small_source_test):
     out = tmp_path / "ablation.pt"
-    pretrain.main(["--steps", "2", "--batch-size", "8", "--glyphs-per-class", "1", "--threads", "1",
-                   "--exclude", "OlZ", "--out", str(out)])
+    pretrain.main(
+        [
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--glyphs-per-class",
+            "1",
+            "--threads",
+            "1",
+            "--exclude",
+            "OlZ",
+            "--out",
+            str(out),
+        ]
+    )
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert state["fc.weight"].shape == (len(SOURCE_CLASSES) - 3, 256)
     meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))

@@ -17,17 +17,23 @@ def test_outside_jupyter_it_is_tqdm_auto(capsys):
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    nb = new_notebook(cells=[
-        new_code_cell("from transferlab.progress import tqdm\nbar = tqdm(range(5), desc='epochs')\n"
-                      "for _ in bar:\n    bar.set_postfix(loss='0.1')"),
-        new_code_cell("for _ in tqdm(range(3), desc='gone', leave=False):\n    pass"),
-        new_code_cell("for _ in tqdm(range(3), disable=True):\n    pass"),
-        new_code_cell("import torch\nfrom transferlab.training import fit\n"
-                      "from torch.utils.data import DataLoader, TensorDataset\n"
-                      "data = DataLoader(TensorDataset(torch.randn(8, 2), torch.tensor([0, 1] * 4)), batch_size=4)\n"
-                      "model = torch.nn.Linear(2, 2)\n"
-                      "_ = fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2)"),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "from transferlab.progress import tqdm\nbar = tqdm(range(5), desc='epochs')\n"
+                "for _ in bar:\n    bar.set_postfix(loss='0.1')"
+            ),
+            new_code_cell("for _ in tqdm(range(3), desc='gone', leave=False):\n    pass"),
+            new_code_cell("for _ in tqdm(range(3), disable=True):\n    pass"),
+            new_code_cell(
+                "import torch\nfrom transferlab.training import fit\n"
+                "from torch.utils.data import DataLoader, TensorDataset\n"
+                "data = DataLoader(TensorDataset(torch.randn(8, 2), torch.tensor([0, 1] * 4)), batch_size=4)\n"
+                "model = torch.nn.Linear(2, 2)\n"
+                "_ = fit(model, data, None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=2)"
+            ),
+        ]
+    )
     return execute(nb, tmp_path_factory.mktemp("nb"))
 
 

@@ -38,6 +38,7 @@ def stray_files(folder, keep="w.pt"):
 
 # ---- the error hierarchy ---------------------------------------------------------------------------------------
 
+
 def test_error_hierarchy():
     for cls in (WeightsFileError, WeightsNotFoundError, IncompleteLoadError):
         assert issubclass(cls, WeightsError) and issubclass(cls, RuntimeError)
@@ -46,6 +47,7 @@ def test_error_hierarchy():
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------------
+
 
 def test_save_file_round_trip_equals_plain_torch_load(tmp_path):
     sd = small_state_dict()
@@ -107,6 +109,7 @@ def test_fsync_before_the_rename_and_usual_permissions(tmp_path, monkeypatch):
 
 # ---- load_file: good files -------------------------------------------------------------------------------------
 
+
 def test_load_file_reads_what_plain_torch_load_reads(tmp_path):
     sd = small_state_dict()
     torch.save({"epoch": 3, "model": sd, "best": 0.5}, tmp_path / "ckpt.pt")
@@ -126,6 +129,7 @@ def test_legacy_non_zip_torch_file_loads_without_warnings(tmp_path):
 
 # ---- load_file: missing files and directories ------------------------------------------------------------------
 
+
 def test_missing_file(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="does not exist.*state_dict"):
         load_file(tmp_path / "nope.pt")
@@ -143,6 +147,7 @@ def test_a_directory_says_it_is_a_directory(tmp_path):
 
 
 # ---- load_file: damaged files ----------------------------------------------------------------------------------
+
 
 def damaged_files(tmp_path):
     good = save_file(small_state_dict(), tmp_path / "good.pt")
@@ -194,6 +199,7 @@ def test_archive_written_without_checksums_still_loads(tmp_path):
 
 # ---- load_file: pickles that would run code --------------------------------------------------------------------
 
+
 class SystemCall:
     """Unpickling this runs ``os.system(command)``."""
 
@@ -230,8 +236,9 @@ def test_os_system_payload_is_named_and_never_runs(tmp_path):
 def test_raw_pickle_is_refused_naming_the_call_without_a_warning(tmp_path, protocol, recwarn):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"weight": torch.ones(2), "x": Exec(f"open({str(marker)!r}, 'w').close()")},
-                                  protocol=protocol))
+    path.write_bytes(
+        pickle.dumps({"weight": torch.ones(2), "x": Exec(f"open({str(marker)!r}, 'w').close()")}, protocol=protocol)
+    )
     warnings.simplefilter("always")  # recwarn records every warning, even one already shown
     with pytest.raises(WeightsFileError, match=r"import and call .*'(builtins|__builtin__).exec'"):
         load_file(path)
@@ -280,13 +287,18 @@ def test_unsafe_globals_of_a_plain_state_dict_is_empty(tmp_path):
 
 # ---- unwrap_checkpoint and load_state_dict_file ----------------------------------------------------------------
 
-@pytest.mark.parametrize("wrap", [
-    lambda sd: sd,
-    lambda sd: {"state_dict": sd, "epoch": 3},
-    lambda sd: {"model": sd, "optimizer": {"lr": 0.1}},
-    lambda sd: {"model_state_dict": sd, "epoch": 1},
-    lambda sd: {"model": {"state_dict": sd}},
-], ids=["plain", "state_dict", "model", "model_state_dict", "double"])
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model": sd, "optimizer": {"lr": 0.1}},
+        lambda sd: {"model_state_dict": sd, "epoch": 1},
+        lambda sd: {"model": {"state_dict": sd}},
+    ],
+    ids=["plain", "state_dict", "model", "model_state_dict", "double"],
+)
 def test_unwrap_nested_checkpoints(wrap):
     sd = small_state_dict()
     assert unwrap_checkpoint(wrap(sd)) is sd
@@ -305,11 +317,14 @@ def test_load_state_dict_file_unwraps_and_equals_the_source(tmp_path):
     assert all(torch.equal(loaded[k], sd[k]) for k in sd)
 
 
-@pytest.mark.parametrize("content, hint", [
-    ({"epoch": 1, "weights": {"w": torch.ones(1)}}, "does not hold a state_dict.*'epoch', 'weights'"),
-    ([torch.ones(1)], "does not hold a state_dict.*got list"),
-    ({0: torch.ones(1)}, "not a flat state_dict of named tensors"),
-])
+@pytest.mark.parametrize(
+    "content, hint",
+    [
+        ({"epoch": 1, "weights": {"w": torch.ones(1)}}, "does not hold a state_dict.*'epoch', 'weights'"),
+        ([torch.ones(1)], "does not hold a state_dict.*got list"),
+        ({0: torch.ones(1)}, "not a flat state_dict of named tensors"),
+    ],
+)
 def test_load_state_dict_file_refuses_what_is_not_a_state_dict(tmp_path, content, hint):
     save_file(content, tmp_path / "w.pt")
     with pytest.raises(WeightsFileError, match=hint):

@@ -112,8 +112,15 @@ def test_fit_keeps_and_restores_the_best_weights():
     assert not shares_storage(history.best_state, model)  # a copy, not a view of the live weights
 
     model2 = Scripted()
-    history2 = fit(model2, DataLoader(data, batch_size=2), DataLoader(data, batch_size=4),
-                   torch.optim.SGD(model2.parameters(), lr=0.1), epochs=4, progress=False, restore_best=False)
+    history2 = fit(
+        model2,
+        DataLoader(data, batch_size=2),
+        DataLoader(data, batch_size=4),
+        torch.optim.SGD(model2.parameters(), lr=0.1),
+        epochs=4,
+        progress=False,
+        restore_best=False,
+    )
     assert model2.calls.item() == 4
     assert history2.best_state["calls"].item() == 2  # later epochs did not reach into the kept copy
 
@@ -136,8 +143,14 @@ def test_fit_progress_bar_writes_to_stderr_only_when_enabled(capsys):
     data = blobs(32)
     for progress in (False, True):
         model = make_model()
-        fit(model, DataLoader(data, batch_size=16), None, torch.optim.SGD(model.parameters(), lr=0.1),
-            epochs=2, progress=progress)
+        fit(
+            model,
+            DataLoader(data, batch_size=16),
+            None,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            epochs=2,
+            progress=progress,
+        )
         err = capsys.readouterr().err
         assert ("epochs" in err) == progress
 
@@ -146,8 +159,16 @@ def test_fit_calls_on_epoch_start_and_rejects_zero_epochs():
     data = blobs(32)
     model = make_model()
     seen = []
-    fit(model, DataLoader(data, batch_size=16), None, torch.optim.SGD(model.parameters(), lr=0.1),
-        epochs=3, progress=False, start_epoch=2, on_epoch_start=seen.append)
+    fit(
+        model,
+        DataLoader(data, batch_size=16),
+        None,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=3,
+        progress=False,
+        start_epoch=2,
+        on_epoch_start=seen.append,
+    )
     assert seen == [2, 3, 4]
     with pytest.raises(ValueError, match="epochs"):
         fit(model, DataLoader(data), None, torch.optim.SGD(model.parameters(), lr=0.1), epochs=0)
@@ -201,8 +222,14 @@ def test_train_steps_repeats_with_the_same_seed_and_differs_with_another():
 
     def run(seed):
         model = make_model()
-        train_steps(model, (x, y), 5, torch.optim.SGD(model.parameters(), lr=0.1), batch_size=8,
-                    generator=torch.Generator().manual_seed(seed))
+        train_steps(
+            model,
+            (x, y),
+            5,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            batch_size=8,
+            generator=torch.Generator().manual_seed(seed),
+        )
         return model[0].weight
 
     assert torch.equal(run(0), run(0))
@@ -219,8 +246,14 @@ def test_train_steps_takes_a_batch_source_and_a_transform():
 
     model = make_model()
     reference = make_model()
-    losses = train_steps(model, source, 4, torch.optim.SGD(model.parameters(), lr=0.1), transform=lambda t: 2 * t,
-                         on_step=lambda step, loss: logged.append((step, loss)))
+    losses = train_steps(
+        model,
+        source,
+        4,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        transform=lambda t: 2 * t,
+        on_step=lambda step, loss: logged.append((step, loss)),
+    )
     assert asked == [0, 1, 2, 3] and [s for s, _ in logged] == [0, 1, 2, 3]
     assert [loss for _, loss in logged] == losses
     opt = torch.optim.SGD(reference.parameters(), lr=0.1)

@@ -42,14 +42,17 @@ def lrs(optimizer):
 ALL = {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"}
 
 
-@pytest.mark.parametrize("arm, at_start, later", [
-    ("features", {"fc"}, {"fc"}),
-    ("one-shot", ALL, ALL),
-    ("warm-up", ALL, ALL),
-    ("LP-FT", {"fc"}, ALL),
-    ("matched", {"fc", "layer4", "layer3"}, {"fc", "layer4", "layer3"}),
-    ("gradual", {"fc"}, {"fc", "layer4", "layer3"}),
-])
+@pytest.mark.parametrize(
+    "arm, at_start, later",
+    [
+        ("features", {"fc"}, {"fc"}),
+        ("one-shot", ALL, ALL),
+        ("warm-up", ALL, ALL),
+        ("LP-FT", {"fc"}, ALL),
+        ("matched", {"fc", "layer4", "layer3"}, {"fc", "layer4", "layer3"}),
+        ("gradual", {"fc"}, {"fc", "layer4", "layer3"}),
+    ],
+)
 def test_each_arm_trains_what_its_table_says(arm, at_start, later):
     model, optimizer, _, on_epoch_start = build_arm(arm, 1e-3)
     assert trainable_blocks(model) == at_start

@@ -34,8 +34,12 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "state": list(mt), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -56,8 +60,10 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None:
         if "generator" not in state:
-            raise WeightsFileError("a generator was passed but the checkpoint holds no generator state; "
-                                  "save it with save_checkpoint(..., generator=your_generator).")
+            raise WeightsFileError(
+                "a generator was passed but the checkpoint holds no generator state; "
+                "save it with save_checkpoint(..., generator=your_generator)."
+            )
         generator.set_state(state["generator"].cpu())
 
 
@@ -101,7 +107,8 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
         raise WeightsFileError(
             f"{path} is not a checkpoint dict with keys {REQUIRED_KEYS} (found {found}). "
             "If it is a bare state_dict, load it with transferlab.loading.load_matching(model, path, strict=True) "
-            "or model.load_state_dict(transferlab.serialization.load_state_dict_file(path)).")
+            "or model.load_state_dict(transferlab.serialization.load_state_dict_file(path))."
+        )
     return checkpoint
 
 

@@ -72,11 +72,27 @@ TARGET_CLASSES: tuple[str, ...] = tuple(string.digits)
 # Letters a learner may suspect of being digits in disguise; the benchmark's ablation drops them from the source.
 DIGIT_LIKE_LETTERS: tuple[str, ...] = ("O", "l", "Z", "S", "b", "B", "g")
 SOURCE_FONTS: tuple[str, ...] = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-    "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf", "cmb10.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "cmti10.ttf",
+    "cmb10.ttf",
 )
 IMAGE_SIZE = 32
 TARGET_DIFFICULTY = 0.6  # nuisance level of the target scenes (see the benchmark for how it was chosen)
@@ -106,8 +122,9 @@ def _block_counts(ink: np.ndarray) -> np.ndarray:
 def _render_glyph(char: str, font: str, rotate: float, shear: float, aspect: float, stroke: int) -> np.ndarray:
     """Render one jittered character and degrade it to an 8x8 count map in 0..16."""
     canvas = Image.new("L", (96, 96), 0)
-    ImageDraw.Draw(canvas).text((48, 48), char, fill=255, font=_font(font), anchor="mm", stroke_width=stroke,
-                                stroke_fill=255)
+    ImageDraw.Draw(canvas).text(
+        (48, 48), char, fill=255, font=_font(font), anchor="mm", stroke_width=stroke, stroke_fill=255
+    )
     # Inverse affine map (output -> input) about the centre: rotation, shear and horizontal stretch.
     c, s = math.cos(math.radians(rotate)), math.sin(math.radians(rotate))
     a, b, d, e = c / aspect, (s + shear * c) / aspect, -s, c - shear * s
@@ -232,8 +249,10 @@ def render_scenes(glyphs: Tensor, difficulty: float | Tensor, palette: str, seed
     ink, bg, bg2 = torch.where(mono, 1.0, ink), torch.where(mono, 0.0, bg), torch.where(mono, 0.0, bg2)
     direction = 2 * math.pi * u(n)
     ramp = torch.linspace(-1, 1, IMAGE_SIZE)
-    along = torch.cos(direction)[:, None, None] * ramp[None, None, :] + torch.sin(direction)[:, None, None] * ramp[
-        None, :, None]
+    along = (
+        torch.cos(direction)[:, None, None] * ramp[None, None, :]
+        + torch.sin(direction)[:, None, None] * ramp[None, :, None]
+    )
     along = ((along + 1) / 2)[:, None]  # [N, 1, 32, 32] in [0, 1]
     image = bg[..., None, None] + along * (bg2 - bg)[..., None, None]
     # Clutter strokes behind the glyph, in a colour between ink and background, up to 3 at d=1.
@@ -253,8 +272,14 @@ class SceneDataset(Dataset):
     dataset also knows its ``classes`` and, per sample, the ``source_index`` of the glyph or digit it shows.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], transform: Callable | None = None,
-                 source_index: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        classes: Sequence[str],
+        transform: Callable | None = None,
+        source_index: Tensor | None = None,
+    ) -> None:
         self.images, self.labels, self.classes, self.transform = images, labels, tuple(classes), transform
         self.source_index = source_index  # index of the underlying glyph/digit image of every sample
 
@@ -266,8 +291,13 @@ class SceneDataset(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[i])
 
 
-def source_batch(n: int, difficulty: float, seed: int, classes: Sequence[str] = SOURCE_CLASSES,
-                 glyphs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def source_batch(
+    n: int,
+    difficulty: float,
+    seed: int,
+    classes: Sequence[str] = SOURCE_CLASSES,
+    glyphs: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """A fresh batch of ``n`` source scenes from the train renderings: ``(images [n,3,32,32], labels [n])``.
 
     ``classes`` restricts the letters (labels are then indices into ``classes``). Used by pretraining, which draws
@@ -295,8 +325,14 @@ def _relabel(labels: Tensor, classes: Sequence[str]) -> Tensor:
     return mapping[labels]
 
 
-def source_dataset(split: str = "train", size: int | None = None, difficulty: float = 1.0, seed: int = 0,
-                   classes: Sequence[str] = SOURCE_CLASSES, transform: Callable | None = None) -> SceneDataset:
+def source_dataset(
+    split: str = "train",
+    size: int | None = None,
+    difficulty: float = 1.0,
+    seed: int = 0,
+    classes: Sequence[str] = SOURCE_CLASSES,
+    transform: Callable | None = None,
+) -> SceneDataset:
     """The source task: 52-way classification of printed letters in 32x32 RGB scenes.
 
     Args:
@@ -342,8 +378,12 @@ def target_split_indices() -> tuple[Tensor, Tensor]:
     """
     _, labels = _digits()
     rng = np.random.default_rng(_SPLIT_SEED)
-    test = np.concatenate([rng.permutation(np.flatnonzero(labels.numpy() == c))[:TARGET_TEST_PER_CLASS]
-                           for c in range(len(TARGET_CLASSES))])
+    test = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(labels.numpy() == c))[:TARGET_TEST_PER_CLASS]
+            for c in range(len(TARGET_CLASSES))
+        ]
+    )
     pool = np.setdiff1d(np.arange(len(labels)), test)
     return torch.from_numpy(pool), torch.from_numpy(np.sort(test))
 
@@ -355,14 +395,22 @@ def _k_per_class(pool: Tensor, labels: Tensor, k: int | None, seed: int) -> Tens
     for c in range(len(TARGET_CLASSES)):
         members = pool[labels[pool] == c]
         if k is not None and not 1 <= k <= len(members):
-            raise ValueError(f"k={k} per class is not available: class {c} has {len(members)} training images; "
-                             f"use 1 <= k <= {min(int((labels[pool] == c).sum()) for c in range(10))} or k=None")
+            raise ValueError(
+                f"k={k} per class is not available: class {c} has {len(members)} training images; "
+                f"use 1 <= k <= {min(int((labels[pool] == c).sum()) for c in range(10))} or k=None"
+            )
         chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(chosen)
 
 
-def target_dataset(split: str = "train", k: int | None = None, seed: int = 0, transform: Callable | None = None,
-                   difficulty: float = TARGET_DIFFICULTY, palette: str = TARGET_PALETTE) -> SceneDataset:
+def target_dataset(
+    split: str = "train",
+    k: int | None = None,
+    seed: int = 0,
+    transform: Callable | None = None,
+    difficulty: float = TARGET_DIFFICULTY,
+    palette: str = TARGET_PALETTE,
+) -> SceneDataset:
     """The target task: 10-way classification of real handwritten digits in 32x32 RGB scenes.
 
     Args:

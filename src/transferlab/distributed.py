@@ -118,8 +118,13 @@ def _attempt_store(timeout: timedelta) -> dist.Store:
     """
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts it, as env:// does
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=rank == 0 and not agent_serves, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_serves,
+        timeout=timeout,
+    )
     return dist.PrefixStore(f"transferlab/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
@@ -138,17 +143,24 @@ def init_distributed(backend: str = "auto", timeout_s: float = 60.0) -> DistInfo
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local_rank} needs GPU {local_rank} but this machine has "
-                               f"{torch.cuda.device_count()}: use --nproc_per_node <= {torch.cuda.device_count()}, "
-                               "or --backend gloo to run on the CPU")
+            raise RuntimeError(
+                f"local rank {local_rank} needs GPU {local_rank} but this machine has "
+                f"{torch.cuda.device_count()}: use --nproc_per_node <= {torch.cuda.device_count()}, "
+                "or --backend gloo to run on the CPU"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     timeout = timedelta(seconds=timeout_s)
     if "TORCHELASTIC_RESTART_COUNT" in os.environ:  # started by torchrun: meet in this attempt's own key space
-        dist.init_process_group(backend, store=_attempt_store(timeout), rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+        dist.init_process_group(
+            backend,
+            store=_attempt_store(timeout),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=timeout,
+        )
     elif "WORLD_SIZE" in os.environ:  # started by hand with torchrun's variables
         dist.init_process_group(backend, timeout=timeout)
     else:
@@ -164,12 +176,16 @@ def per_rank_batch(n_train: int, batch_size: int, world_size: int) -> int:
         10
     """
     if batch_size % world_size or batch_size < world_size:
-        raise ValueError(f"a global batch of {batch_size} cannot be split evenly over {world_size} processes: "
-                         f"use a --batch-size that is a multiple of {world_size}, or fewer processes "
-                         f"(--nproc_per_node)")
+        raise ValueError(
+            f"a global batch of {batch_size} cannot be split evenly over {world_size} processes: "
+            f"use a --batch-size that is a multiple of {world_size}, or fewer processes "
+            f"(--nproc_per_node)"
+        )
     if n_train < batch_size:
-        raise ValueError(f"{n_train} training images do not fill one global batch of {batch_size}: "
-                         f"lower --batch-size or use more labels per class (--k)")
+        raise ValueError(
+            f"{n_train} training images do not fill one global batch of {batch_size}: "
+            f"lower --batch-size or use more labels per class (--k)"
+        )
     return batch_size // world_size
 
 
@@ -188,8 +204,10 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
         weights = TinyResNet_Weights.DEFAULT.url
     state = clean_state_dict(load_state_dict_file(weights))
     if "fc.weight" not in state:
-        raise ValueError(f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
-                         f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT")
+        raise ValueError(
+            f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
+            f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT"
+        )
     model = TinyResNet(num_classes=state["fc.weight"].shape[0])
     try:
         model.load_state_dict(state)
@@ -275,13 +293,17 @@ def model_factory(spec: str) -> Callable[..., nn.Module]:
     """
     module_name, sep, name = spec.partition(":")
     if not (sep and module_name and name):
-        raise ValueError(f"--model {spec!r}: expected module:function, e.g. torchvision.models:resnet50 or "
-                         "my_models:resnet50_digits (a my_models.py in the folder you launch from)")
+        raise ValueError(
+            f"--model {spec!r}: expected module:function, e.g. torchvision.models:resnet50 or "
+            "my_models:resnet50_digits (a my_models.py in the folder you launch from)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        raise ValueError(f"--model {spec!r}: cannot import {module_name!r} ({err}); check the name, and that the "
-                         "file is in the folder you launch from or on PYTHONPATH") from err
+        raise ValueError(
+            f"--model {spec!r}: cannot import {module_name!r} ({err}); check the name, and that the "
+            "file is in the folder you launch from or on PYTHONPATH"
+        ) from err
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ValueError(f"--model {spec!r}: {module_name} has no function {name!r}")
@@ -305,8 +327,11 @@ def build_model(model: str | None, weights: str = "DEFAULT", num_classes: int = 
     return built
 
 
-def accumulate_gradients(model: nn.Module, micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                         loss_fn: Callable[..., torch.Tensor] = nn.functional.cross_entropy) -> float:
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[..., torch.Tensor] = nn.functional.cross_entropy,
+) -> float:
     """Backward over equal-sized ``micro_batches`` as over one batch; a DDP ``model`` all-reduces once, at the end.
 
     Each micro-batch's mean loss is divided by their number, so ``.grad`` ends up holding the gradient of the mean
@@ -317,9 +342,11 @@ def accumulate_gradients(model: nn.Module, micro_batches: Sequence[tuple[torch.T
         >>> loss = accumulate_gradients(ddp, [(x[:16], y[:16]), (x[16:], y[16:])])  # doctest: +SKIP
     """
     if not micro_batches or len({len(labels) for _, labels in micro_batches}) != 1:
-        raise ValueError("accumulate_gradients needs at least one micro-batch, all of the same size (found "
-                         f"{[len(labels) for _, labels in micro_batches]}): the mean of their means is only then the "
-                         "mean over the whole batch")
+        raise ValueError(
+            "accumulate_gradients needs at least one micro-batch, all of the same size (found "
+            f"{[len(labels) for _, labels in micro_batches]}): the mean of their means is only then the "
+            "mean over the whole batch"
+        )
     total = 0.0
     *first, last = micro_batches
     no_sync = getattr(model, "no_sync", None)  # a plain module has nothing to skip
@@ -357,8 +384,9 @@ def injected_failure(rank: int, step: int) -> None:
 _RECIPE = ("weights", "model", "k", "data_seed", "steps", "batch_size", "lr", "momentum", "seed", "test_size")
 
 
-def load_snapshot(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  args: argparse.Namespace) -> dict[str, Any]:
+def load_snapshot(
+    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, args: argparse.Namespace
+) -> dict[str, Any]:
     """Load the snapshot at ``path`` into ``model`` and ``optimizer``; returns it (``step``, ``train_loss``).
 
     A snapshot written by a job with another recipe (steps, batch size, seeds, ...) is refused: resuming it would
@@ -374,8 +402,9 @@ def load_snapshot(path: str | os.PathLike, model: nn.Module, optimizer: torch.op
     theirs = {key: snapshot["args"].get(key) for key in _RECIPE}
     if mine != theirs:
         differ = [f"{key}: {theirs[key]} there, {mine[key]} here" for key in _RECIPE if mine[key] != theirs[key]]
-        raise ValueError(f"snapshot {path} was written by another job ({'; '.join(differ)}): delete it, or pass "
-                         "another --snapshot")
+        raise ValueError(
+            f"snapshot {path} was written by another job ({'; '.join(differ)}): delete it, or pass another --snapshot"
+        )
     model.load_state_dict(snapshot["model"])
     optimizer.load_state_dict(snapshot["optimizer"])
     return snapshot
@@ -384,8 +413,12 @@ def load_snapshot(path: str | os.PathLike, model: nn.Module, optimizer: torch.op
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m transferlab.distributed", description=__doc__.splitlines()[0])
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (the course's pretrained TinyResNet) or a file")
-    p.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
-                   help="train FUNCTION(num_classes=10) instead of the TinyResNet, e.g. torchvision.models:resnet50")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="train FUNCTION(num_classes=10) instead of the TinyResNet, e.g. torchvision.models:resnet50",
+    )
     p.add_argument("--k", type=int, default=10, help="labelled training images per digit class")
     p.add_argument("--data-seed", type=int, default=0, help="picks the k images per class")
     p.add_argument("--steps", type=int, default=15, help="optimizer steps (with the defaults, 5 per epoch)")
@@ -446,15 +479,20 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
     ddp = DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
     per_epoch = len(loader)
-    log(f"world size {info.world_size} (backend {info.backend}, device {info.device.type}), {len(train)} training "
+    log(
+        f"world size {info.world_size} (backend {info.backend}, device {info.device.type}), {len(train)} training "
         f"images, global batch {args.batch_size} = {info.world_size} x {loader.batch_size}, "
-        f"{per_epoch} steps per epoch, {args.steps} steps", flush=True)
+        f"{per_epoch} steps per epoch, {args.steps} steps",
+        flush=True,
+    )
     done, earlier = 0, []  # steps already taken, and their (all-reduced) losses
     if args.snapshot is not None and Path(args.snapshot).exists():
         snapshot = load_snapshot(args.snapshot, ddp.module, optimizer, args)  # every rank reads the same file
         done, earlier = snapshot["step"], snapshot["train_loss"]
-        log(f"resumed from {args.snapshot} at step {done} (restart {os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)})",
-            flush=True)
+        log(
+            f"resumed from {args.snapshot} at step {done} (restart {os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)})",
+            flush=True,
+        )
     source = sharded_batches(loader, sampler, first_epoch=done // per_epoch)  # snapshots are taken between epochs
     local: list[float] = []
 
@@ -467,26 +505,54 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
         taken = done + step + 1
         if args.snapshot is not None and taken % per_epoch == 0 and taken < args.steps:
             losses = earlier + [total / info.world_size for total in all_reduce_sum(local, info.device)]
-            save_on_rank0({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "step": taken,
-                           "train_loss": losses, "args": vars(args)}, args.snapshot, info)
+            save_on_rank0(
+                {
+                    "model": ddp.module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": taken,
+                    "train_loss": losses,
+                    "args": vars(args),
+                },
+                args.snapshot,
+                info,
+            )
 
     start = time.perf_counter()
-    new = train_steps(ddp, batch, args.steps - done, optimizer, device=info.device,  # DDP averages gradients
-                      on_step=snapshot_every_epoch)
+    new = train_steps(
+        ddp,
+        batch,
+        args.steps - done,
+        optimizer,
+        device=info.device,  # DDP averages gradients
+        on_step=snapshot_every_epoch,
+    )
     train_seconds = time.perf_counter() - start
     losses = earlier + [total / info.world_size for total in all_reduce_sum(new, info.device)]  # the global batch's
     processes = f"{info.world_size} process" + ("es" if info.world_size > 1 else "")
     for first in range(0, args.steps, per_epoch):
         chunk = losses[first : first + per_epoch]
-        log(f"epoch {first // per_epoch + 1}: train loss {sum(chunk) / len(chunk):.4f} (steps {first + 1}-"
-            f"{first + len(chunk)}, all-reduced over {processes})", flush=True)
+        log(
+            f"epoch {first // per_epoch + 1}: train loss {sum(chunk) / len(chunk):.4f} (steps {first + 1}-"
+            f"{first + len(chunk)}, all-reduced over {processes})",
+            flush=True,
+        )
     broadcast_buffers(ddp.module)  # every rank now holds exactly the model rank 0 saves
     test_acc = evaluate_sharded(ddp.module, test, info)
-    log(f"test accuracy {test_acc:.4f} on {len(test)} images; steps {done + 1}-{args.steps} took "
-        f"{train_seconds:.2f} s", flush=True)
-    checkpoint = {"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(), "args": vars(args),
-                  "world_size": info.world_size, "steps": args.steps, "train_loss": losses, "test_acc": test_acc,
-                  "train_seconds": train_seconds, "resumed_at": done}
+    log(
+        f"test accuracy {test_acc:.4f} on {len(test)} images; steps {done + 1}-{args.steps} took {train_seconds:.2f} s",
+        flush=True,
+    )
+    checkpoint = {
+        "model": ddp.module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "args": vars(args),
+        "world_size": info.world_size,
+        "steps": args.steps,
+        "train_loss": losses,
+        "test_acc": test_acc,
+        "train_seconds": train_seconds,
+        "resumed_at": done,
+    }
     save_on_rank0(checkpoint, args.out, info)
     log(f"rank 0 saved {args.out} ({len(checkpoint['model'])} tensors, keys without 'module.')", flush=True)
     if args.snapshot is not None and info.rank == 0 and Path(args.snapshot).exists():

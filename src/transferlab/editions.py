@@ -137,8 +137,10 @@ def format_problems(nb: NotebookNode) -> list[str]:
         return [str(err)]
     problems = []
     if len(pairs) < MIN_EXERCISES:
-        problems.append(f"{len(pairs)} coding exercise(s) (cells tagged '{SOLUTION_TAG}'); the course asks for "
-                        f"at least {MIN_EXERCISES}")
+        problems.append(
+            f"{len(pairs)} coding exercise(s) (cells tagged '{SOLUTION_TAG}'); the course asks for "
+            f"at least {MIN_EXERCISES}"
+        )
     checks = {check for _, check in pairs}
     orphans = [i for i, cell in enumerate(nb.cells) if CHECK_TAG in _tags(cell) and i not in checks]
     if orphans:
@@ -149,8 +151,12 @@ def format_problems(nb: NotebookNode) -> list[str]:
             stub_solutions(nb.cells[solution].source, where=f"cell {solution}")
         except ValueError as err:
             problems.append(str(err))
-        prompts = [n for c in nb.cells[previous:solution] if c.cell_type == "markdown"
-                   for n in EXERCISE_PROMPT.findall(c.source)]
+        prompts = [
+            n
+            for c in nb.cells[previous:solution]
+            if c.cell_type == "markdown"
+            for n in EXERCISE_PROMPT.findall(c.source)
+        ]
         if prompts:
             numbers.append(int(prompts[-1]))
         else:
@@ -200,7 +206,7 @@ def with_wrong_answers(nb: NotebookNode) -> NotebookNode:
         for answer in wrong_answers(nb.cells[solution]):
             inserted.append(nbformat.v4.new_code_cell(answer, metadata={"tags": [WRONG_TAG]}))
             inserted.append(nbformat.v4.new_code_cell(nb.cells[check].source, metadata={"tags": [WRONG_CHECK_TAG]}))
-        nb.cells[check + 1:check + 1] = inserted
+        nb.cells[check + 1 : check + 1] = inserted
     return nb
 
 
@@ -242,9 +248,12 @@ def student_notebook(nb: NotebookNode, commit: str) -> NotebookNode:
         nb.cells[solution].source = stub_solutions(nb.cells[solution].source, where=f"cell {solution}")
         _clear(nb.cells[solution])
         _clear(nb.cells[check])
-    _header(nb.cells[0], f"*Student edition of transferlab commit `{commit}`: in each exercise, replace "
-                         "`# YOUR CODE HERE` and `raise NotImplementedError()` by your code, then run the "
-                         "self-check cell below it.*")
+    _header(
+        nb.cells[0],
+        f"*Student edition of transferlab commit `{commit}`: in each exercise, replace "
+        "`# YOUR CODE HERE` and `raise NotImplementedError()` by your code, then run the "
+        "self-check cell below it.*",
+    )
     nb.metadata["transferlab"] = {"edition": "student", "commit": commit}
     return nb
 
@@ -258,8 +267,14 @@ def execute(nb: NotebookNode, cwd: Path, timeout: int = 600) -> NotebookNode:
     from nbclient import NotebookClient
 
     nb = copy.deepcopy(nb)
-    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, allow_errors=True,
-                            record_timing=False, resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=timeout,
+        allow_errors=True,
+        record_timing=False,
+        resources={"metadata": {"path": str(cwd)}},
+    )
     client.execute()
     return nb
 
@@ -295,8 +310,10 @@ def stub_run_problems(ran: NotebookNode) -> list[str]:
             continue
         if WRONG_CHECK_TAG in tags:
             if not (errors and errors[0].ename == "AssertionError" and errors[0].evalue.strip()):
-                problems.append(f"cell {i} (self-check after a wrong answer): expected an AssertionError with a "
-                                f"message, found {found}: the self-check passes a wrong answer")
+                problems.append(
+                    f"cell {i} (self-check after a wrong answer): expected an AssertionError with a "
+                    f"message, found {found}: the self-check passes a wrong answer"
+                )
             continue
         if i in solutions and not (errors and errors[0].ename == "NotImplementedError"):
             problems.append(f"cell {i} (solution): expected the stub's NotImplementedError, found {found}")
@@ -336,8 +353,11 @@ def clean_notebook(nb: NotebookNode, commit: str) -> NotebookNode:
     out = copy.deepcopy(nb)
     out.cells = cells
     out.metadata.pop("widgets", None)
-    _header(out.cells[0], f"*Clean edition of transferlab commit `{commit}`: the lesson without its prose and "
-                          "outputs. Before you run each cell, say what it does and what it will print.*")
+    _header(
+        out.cells[0],
+        f"*Clean edition of transferlab commit `{commit}`: the lesson without its prose and "
+        "outputs. Before you run each cell, say what it does and what it will print.*",
+    )
     out.metadata["transferlab"] = {"edition": "clean", "commit": commit}
     return out
 
@@ -390,8 +410,9 @@ def handout_html(nb: NotebookNode, notebook_dir: Path, out_dir: Path) -> str:
             cell.source = _handout_links(cell.source, notebook_dir, out_dir)
         for output in cell.get("outputs", []):
             output.get("data", {}).pop(WIDGET_VIEW, None)  # no widget manager in a handout: show the stored text
-    exporter = HTMLExporter(template_name="lab", embed_images=True,
-                            extra_loaders=[jinja2.DictLoader({"handout.html.j2": HANDOUT_TEMPLATE})])
+    exporter = HTMLExporter(
+        template_name="lab", embed_images=True, extra_loaders=[jinja2.DictLoader({"handout.html.j2": HANDOUT_TEMPLATE})]
+    )
     exporter.template_file = "handout.html.j2"
     first = nb.cells[0].source.splitlines() if nb.cells else []
     title = first[0].lstrip("# ").strip() if first and first[0].startswith("# ") else "transferlab"
@@ -402,6 +423,7 @@ def handout_html(nb: NotebookNode, notebook_dir: Path, out_dir: Path) -> str:
 
 def source_commit(root: Path) -> str:
     """The short commit hash of ``root``'s checkout, with ``+changes`` if its notebooks differ from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -432,7 +454,8 @@ def has_learner_work(path: Path) -> bool:
         return True
     cells = [nb.cells[i] for pair in pairs for i in pair]
     return any(c.execution_count is not None or c.outputs for c in cells) or any(
-        STUB[0] not in nb.cells[solution].source for solution, _ in pairs)
+        STUB[0] not in nb.cells[solution].source for solution, _ in pairs
+    )
 
 
 def _write(text: str, path: Path) -> None:

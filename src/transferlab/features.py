@@ -68,14 +68,17 @@ def pooled_features_at(
     modules = dict(model.named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:
-        raise ValueError(f"no submodule called {missing} in {type(model).__name__}; names look like "
-                         f"{[n for n in modules if n][:6]} (see model.named_modules())")
+        raise ValueError(
+            f"no submodule called {missing} in {type(model).__name__}; names look like "
+            f"{[n for n in modules if n][:6]} (see model.named_modules())"
+        )
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
 
     def keep(name: str):
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
             pooled = output.mean(dim=(2, 3)) if output.dim() == 4 else output.flatten(start_dim=1)
             outputs[name].append(pooled.cpu())
+
         return hook
 
     handles = [modules[name].register_forward_hook(keep(name)) for name in layers]

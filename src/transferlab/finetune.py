@@ -96,8 +96,9 @@ def load_data(root: str | os.PathLike | Splits, size: int = SIZE, seed: int = 0)
     splits = root if isinstance(root, Splits) else load_splits(root, seed=seed)
     to_eval = eval_transform(size)
     resize = round(size * 256 / 224)
-    to_raw = v2.Compose([v2.PILToTensor(), v2.Resize(resize, interpolation=InterpolationMode.BICUBIC),
-                         v2.CenterCrop(resize)])
+    to_raw = v2.Compose(
+        [v2.PILToTensor(), v2.Resize(resize, interpolation=InterpolationMode.BICUBIC), v2.CenterCrop(resize)]
+    )
     paths, evals, raws, labels = {}, {}, {}, {}
     for name in ("train", "val", "test"):
         items = getattr(splits, name)
@@ -120,20 +121,31 @@ def augment(raw: torch.Tensor, size: int, scale: tuple[float, float] = (0.5, 1.0
         >>> augment(torch.zeros(2, 3, 73, 73, dtype=torch.uint8), 64).shape
         torch.Size([2, 3, 64, 64])
     """
-    crop = v2.Compose([v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC,
-                                            antialias=True), v2.RandomHorizontalFlip()])
+    crop = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
     batch = torch.stack([crop(image) for image in raw]).float() / 255.0
     return (batch - 0.5) / 0.5
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 256) -> float:
+def accuracy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> float:
     """Accuracy of ``model`` on in-memory inputs (eval mode, no gradients; the mode is restored)."""
     was_training = model.training
     model.eval()
-    correct = sum(int((model(x.to(device)).argmax(1).cpu() == y).sum())
-                  for x, y in zip(inputs.split(batch_size), labels.split(batch_size), strict=True))
+    correct = sum(
+        int((model(x.to(device)).argmax(1).cpu() == y).sum())
+        for x, y in zip(inputs.split(batch_size), labels.split(batch_size), strict=True)
+    )
     model.train(was_training)
     return correct / len(labels)
 
@@ -217,9 +229,19 @@ def train_run(
     torch.manual_seed(seed)  # the augmentation's draws
     generator = torch.Generator().manual_seed(seed)  # the batches' draws
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        losses = train_steps(model, train, steps, optimizer, batch_size=batch_size, generator=generator,
-                             transform=transform, scheduler=scheduler, device=device, on_step=check,
-                             loss_fn=nn.CrossEntropyLoss(label_smoothing=label_smoothing))
+        losses = train_steps(
+            model,
+            train,
+            steps,
+            optimizer,
+            batch_size=batch_size,
+            generator=generator,
+            transform=transform,
+            scheduler=scheduler,
+            device=device,
+            on_step=check,
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        )
     model.load_state_dict(best["state"])
     return Run(lr, seed, best["acc"], best["step"], losses)
 
@@ -262,8 +284,19 @@ def finetune_folder(
         for lr in probe_lrs:
             torch.manual_seed(seed)
             heads.append(nn.Linear(feats["train"][0].shape[1], n))
-            runs["probe"].append(train_run(heads[-1], feats["train"], feats["val"], lr=lr, steps=probe_steps, seed=seed,
-                                           batch_size=batch_size, label_smoothing=label_smoothing, device=device))
+            runs["probe"].append(
+                train_run(
+                    heads[-1],
+                    feats["train"],
+                    feats["val"],
+                    lr=lr,
+                    steps=probe_steps,
+                    seed=seed,
+                    batch_size=batch_size,
+                    label_smoothing=label_smoothing,
+                    device=device,
+                )
+            )
             bar.update()
             bar.set_postfix(stage="probe", lr=lr, val_acc=f"{runs['probe'][-1].val_acc:.3f}")
         head = heads[runs["probe"].index(_pick(runs["probe"]))]
@@ -276,10 +309,20 @@ def finetune_folder(
         model = copy.deepcopy(base)
         if head is not None:
             model.classifier = copy.deepcopy(head)
-        runs["full"].append(train_run(model, (data.raw["train"], data.labels["train"]),
-                                      (data.eval["val"], data.labels["val"]), lr=lr, steps=steps, seed=seed,
-                                      batch_size=batch_size, transform=lambda x: augment(x, data.size),
-                                      label_smoothing=label_smoothing, device=device))
+        runs["full"].append(
+            train_run(
+                model,
+                (data.raw["train"], data.labels["train"]),
+                (data.eval["val"], data.labels["val"]),
+                lr=lr,
+                steps=steps,
+                seed=seed,
+                batch_size=batch_size,
+                transform=lambda x: augment(x, data.size),
+                label_smoothing=label_smoothing,
+                device=device,
+            )
+        )
         models.append(model)
         bar.update()
         bar.set_postfix(stage="fine-tune", lr=lr, val_acc=f"{runs['full'][-1].val_acc:.3f}")
@@ -287,17 +330,32 @@ def finetune_folder(
     return models[runs["full"].index(_pick(runs["full"]))], runs
 
 
-def save_finetuned(model: nn.Module, out: str | os.PathLike, classes: Sequence[str], size: int,
-                   **extra: object) -> tuple[Path, Path]:
+def save_finetuned(
+    model: nn.Module, out: str | os.PathLike, classes: Sequence[str], size: int, **extra: object
+) -> tuple[Path, Path]:
     """Write ``out/model.safetensors`` (the state_dict) and ``out/model.json`` (classes, preprocessing, ``extra``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights, meta = out / "model.safetensors", out / "model.json"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    preprocessing = {"crop_size": size, "resize_size": round(size * 256 / 224), "mean": list(MEAN), "std": list(STD),
-                     "interpolation": "bicubic"}
-    meta.write_text(json.dumps({"architecture": "timm tf_efficientnet_lite0", "classes": list(classes),
-                                "preprocessing": preprocessing, **extra}, indent=2))
+    preprocessing = {
+        "crop_size": size,
+        "resize_size": round(size * 256 / 224),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "interpolation": "bicubic",
+    }
+    meta.write_text(
+        json.dumps(
+            {
+                "architecture": "timm tf_efficientnet_lite0",
+                "classes": list(classes),
+                "preprocessing": preprocessing,
+                **extra,
+            },
+            indent=2,
+        )
+    )
     return weights, meta
 
 
@@ -324,8 +382,12 @@ def finetune_command(argv: Sequence[str] | None = None) -> tuple[dict, nn.Module
     parser.add_argument("--strategy", choices=STRATEGIES, default="lpft")
     parser.add_argument("--size", type=int, default=SIZE, help=f"input side in pixels (default {SIZE})")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"fine-tuning steps per run (default {STEPS})")
-    parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS,
-                        help=f"steps of the probe on cached features (default {PROBE_STEPS})")
+    parser.add_argument(
+        "--probe-steps",
+        type=int,
+        default=PROBE_STEPS,
+        help=f"steps of the probe on cached features (default {PROBE_STEPS})",
+    )
     parser.add_argument("--batch-size", type=int, default=BATCH)
     parser.add_argument("--lrs", default=",".join(map(str, LRS)), help="comma-separated learning rates to try")
     parser.add_argument("--probe-lrs", default=None, help="rates for the probe stage (default: --lrs)")
@@ -342,9 +404,19 @@ def finetune_command(argv: Sequence[str] | None = None) -> tuple[dict, nn.Module
         raise SystemExit(f"error: {err}") from err
     counts = {s: len(data.labels[s]) for s in ("train", "val", "test")}
     print(f"classes: {', '.join(data.classes)}; images: {counts}; device: {device}")
-    model, runs = finetune_folder(data, args.strategy, lrs, args.steps, args.seed, args.batch_size,
-                                  args.label_smoothing, device, progress=not args.no_progress,
-                                  probe_lrs=probe_lrs, probe_steps=args.probe_steps)
+    model, runs = finetune_folder(
+        data,
+        args.strategy,
+        lrs,
+        args.steps,
+        args.seed,
+        args.batch_size,
+        args.label_smoothing,
+        device,
+        progress=not args.no_progress,
+        probe_lrs=probe_lrs,
+        probe_steps=args.probe_steps,
+    )
     report: dict = {"strategy": args.strategy, "classes": data.classes}
     for stage, stage_runs in runs.items():
         for run in stage_runs:
@@ -355,9 +427,16 @@ def finetune_command(argv: Sequence[str] | None = None) -> tuple[dict, nn.Module
     report["test_acc"] = accuracy(model, data.eval["test"], data.labels["test"], device)
     chosen = ", ".join(f"{stage} lr {report[stage + '_lr']:g}" for stage in runs)
     print(f"chosen on validation: {chosen}; val_acc {report['val_acc']:.4f}; test_acc {report['test_acc']:.4f}")
-    weights, meta = save_finetuned(model, args.out, data.classes, args.size, strategy=args.strategy,
-                                   lr={s: report[f"{s}_lr"] for s in runs}, val_acc=report["val_acc"],
-                                   test_acc=report["test_acc"])
+    weights, meta = save_finetuned(
+        model,
+        args.out,
+        data.classes,
+        args.size,
+        strategy=args.strategy,
+        lr={s: report[f"{s}_lr"] for s in runs},
+        val_acc=report["val_acc"],
+        test_acc=report["test_acc"],
+    )
     print(f"saved {weights} and {meta}")
     return report, model
 

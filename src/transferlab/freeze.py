@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm  # base class of BatchNorm1d/2
 
 __all__ = ["freeze", "unfreeze", "freeze_bn", "unfreeze_bn", "ParamCount", "count_parameters"]
 
+
 def _targets(module: nn.Module, submodules: str | Iterable[str] | None) -> list[nn.Module]:
     """``module`` itself, or the named submodules (dotted names such as ``"layer4.1"``)."""
     if submodules is None:

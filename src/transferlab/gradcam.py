@@ -21,8 +21,9 @@ from torch import nn
 __all__ = ["grad_cam"]
 
 
-def grad_cam(model: nn.Module, layer: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None,
-             upsample: bool = True) -> torch.Tensor:
+def grad_cam(
+    model: nn.Module, layer: nn.Module, inputs: torch.Tensor, classes: torch.Tensor | None = None, upsample: bool = True
+) -> torch.Tensor:
     """Grad-CAM maps of ``layer`` for ``classes`` (default: each input's predicted class), in [0, 1] per image.
 
     Args:

@@ -96,8 +96,10 @@ def check_image_folder(root: str | os.PathLike, verify: bool = True) -> dict[str
     """
     root = Path(root)
     if not root.is_dir():
-        raise ImageFolderError(f"{root} is not a folder. Give the folder that holds one subfolder per class "
-                               "(root/cat/1.jpg, root/dog/2.jpg, ...).")
+        raise ImageFolderError(
+            f"{root} is not a folder. Give the folder that holds one subfolder per class "
+            "(root/cat/1.jpg, root/dog/2.jpg, ...)."
+        )
     loose = _images_in(root)
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if loose:
@@ -106,20 +108,26 @@ def check_image_folder(root: str | os.PathLike, verify: bool = True) -> dict[str
             "instead of in one subfolder per class. Fix: move each image into root/<class name>/."
         )
     if not subfolders:
-        raise ImageFolderError(f"{root} is empty: no class subfolders and no images. Fix: put each class's images "
-                               "in its own subfolder, root/<class name>/*.jpg.")
+        raise ImageFolderError(
+            f"{root} is empty: no class subfolders and no images. Fix: put each class's images "
+            "in its own subfolder, root/<class name>/*.jpg."
+        )
     classes: dict[str, list[Path]] = {}
     for folder in subfolders:
         files = _images_in(folder)
         if not files:
             nested = [p.name for p in folder.iterdir() if p.is_dir()]
-            hint = (f" It holds folders ({', '.join(nested[:3])}): is {root} one level too high?" if nested else "")
-            raise ImageFolderError(f"the class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).{hint} "
-                                   "Fix: add images or remove the folder.")
+            hint = f" It holds folders ({', '.join(nested[:3])}): is {root} one level too high?" if nested else ""
+            raise ImageFolderError(
+                f"the class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).{hint} "
+                "Fix: add images or remove the folder."
+            )
         classes[folder.name] = files
     if len(classes) < 2:
-        raise ImageFolderError(f"{root} holds a single class ({next(iter(classes))!r}); a classifier needs at least "
-                               "two. Fix: add a subfolder of images for every other class.")
+        raise ImageFolderError(
+            f"{root} holds a single class ({next(iter(classes))!r}); a classifier needs at least "
+            "two. Fix: add a subfolder of images for every other class."
+        )
     if verify:
         for files in classes.values():
             for path in files:
@@ -127,8 +135,9 @@ def check_image_folder(root: str | os.PathLike, verify: bool = True) -> dict[str
                     with Image.open(path) as image:
                         image.convert("RGB")
                 except Exception as err:  # PIL raises several types for a bad file
-                    raise ImageFolderError(f"cannot read the image {path} ({type(err).__name__}: {err}). "
-                                           "Fix: delete or replace that file.") from err
+                    raise ImageFolderError(
+                        f"cannot read the image {path} ({type(err).__name__}: {err}). Fix: delete or replace that file."
+                    ) from err
     return classes
 
 
@@ -138,10 +147,12 @@ def _split_files(files: Sequence[Path], fractions: tuple[float, float], seed: in
     random.Random(seed).shuffle(order)
     n_val, n_test = (max(1, round(f * len(order))) for f in fractions)
     if n_val + n_test >= len(order):
-        raise ImageFolderError(f"a class with {len(order)} images cannot give a train, a validation and a test "
-                               f"image (e.g. {files[0].parent}); add images (at least 3 per class, a few dozen is "
-                               "better).")
-    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+        raise ImageFolderError(
+            f"a class with {len(order)} images cannot give a train, a validation and a test "
+            f"image (e.g. {files[0].parent}); add images (at least 3 per class, a few dozen is "
+            "better)."
+        )
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
 def load_splits(
@@ -161,16 +172,20 @@ def load_splits(
         classes = sorted(given["train"])
         for name, found in given.items():
             if sorted(found) != classes:
-                raise ImageFolderError(f"{root / name} has the classes {sorted(found)}, {root / 'train'} has "
-                                       f"{classes}; every split needs the same class folders.")
+                raise ImageFolderError(
+                    f"{root / name} has the classes {sorted(found)}, {root / 'train'} has "
+                    f"{classes}; every split needs the same class folders."
+                )
         if "test" not in given:
             shuffled = {c: random.Random(seed).sample(files, len(files)) for c, files in given["val"].items()}
             for c, files in shuffled.items():
                 if len(files) < 2:
-                    raise ImageFolderError(f"{root / 'val' / c} holds {len(files)} image; halving it into validation "
-                                           "and test needs at least 2 (better: give a test/ folder too).")
+                    raise ImageFolderError(
+                        f"{root / 'val' / c} holds {len(files)} image; halving it into validation "
+                        "and test needs at least 2 (better: give a test/ folder too)."
+                    )
             given["val"] = {c: files[: len(files) // 2] for c, files in shuffled.items()}
-            given["test"] = {c: files[len(files) // 2:] for c, files in shuffled.items()}
+            given["test"] = {c: files[len(files) // 2 :] for c, files in shuffled.items()}
         parts = {s: {c: given[s][c] for c in classes} for s in SPLIT_NAMES}
     else:
         found = check_image_folder(root, verify)
@@ -189,8 +204,9 @@ def offline_sources() -> dict[str, Path]:
     """
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the offline photos ship with scikit-image, which is not installed; "
-                                "pip install scikit-image")
+        raise FileNotFoundError(
+            "the offline photos ship with scikit-image, which is not installed; pip install scikit-image"
+        )
     data = Path(spec.origin).parent / "data"
     sources = {"lfw_subset": data / "lfw_subset.npy", **{t: data / f"{t}.png" for t in OFFLINE_TEXTURES}}
     for path in sources.values():
@@ -205,9 +221,11 @@ def _texture_crops(path: Path, split: int, count: int, side: int) -> list[np.nda
         grey = np.asarray(image.convert("L"))
     h = grey.shape[0]
     top, bottom = [(0, h // 2), (h // 2, 3 * h // 4), (3 * h // 4, h)][split]
-    crops = [grey[r:r + TEXTURE_CROP, c:c + TEXTURE_CROP]
-             for r in range(top, bottom - TEXTURE_CROP + 1, TEXTURE_CROP)
-             for c in range(0, grey.shape[1] - TEXTURE_CROP + 1, TEXTURE_CROP)]
+    crops = [
+        grey[r : r + TEXTURE_CROP, c : c + TEXTURE_CROP]
+        for r in range(top, bottom - TEXTURE_CROP + 1, TEXTURE_CROP)
+        for c in range(0, grey.shape[1] - TEXTURE_CROP + 1, TEXTURE_CROP)
+    ]
     if len(crops) < count:
         raise ValueError(f"the band {split} of {path.name} holds {len(crops)} crops, {count} were asked for")
     picked = np.linspace(0, len(crops) - 1, count).round().astype(int)  # spread over the band
@@ -267,9 +285,11 @@ def _check_hymenoptera(folder: Path) -> None:
         found = check_image_folder(folder / split, verify=False) if (folder / split).is_dir() else {}
         if sorted(found) != list(HYMENOPTERA_CLASSES) or min(len(v) for v in found.values()) < 50:
             sizes = {k: len(v) for k, v in found.items()}
-            raise ImageFolderError(f"{folder / split} is not the hymenoptera data (expected at least 50 images in "
-                                   f"each of {HYMENOPTERA_CLASSES}, found {sizes or 'no class folders'}). Delete "
-                                   f"{folder} and fetch again.")
+            raise ImageFolderError(
+                f"{folder / split} is not the hymenoptera data (expected at least 50 images in "
+                f"each of {HYMENOPTERA_CLASSES}, found {sizes or 'no class folders'}). Delete "
+                f"{folder} and fetch again."
+            )
 
 
 def fetch_hymenoptera(
@@ -296,9 +316,11 @@ def fetch_hymenoptera(
         return folder
     if downloader is None:
         if not network_available():
-            raise OfflineError(f"the ants-and-bees data is not in {cache} and the network cannot be reached (or "
-                               "TRANSFERLAB_OFFLINE is set). Fix: go online once, or download "
-                               f"{url} yourself and unzip it into {cache}; or use the offline folder.")
+            raise OfflineError(
+                f"the ants-and-bees data is not in {cache} and the network cannot be reached (or "
+                "TRANSFERLAB_OFFLINE is set). Fix: go online once, or download "
+                f"{url} yourself and unzip it into {cache}; or use the offline folder."
+            )
         downloader = _download
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / "hymenoptera_data.zip"

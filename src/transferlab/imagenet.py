@@ -106,8 +106,9 @@ def _download(weights: WeightsEnum, path: Path, progress: bool) -> None:
     the first digits of its SHA-256 that torchvision puts in the file name."""
     found = torch.hub.HASH_REGEX.search(path.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=found.group(1) if found else None,
-                                   progress=progress)
+    torch.hub.download_url_to_file(
+        weights.url, str(path), hash_prefix=found.group(1) if found else None, progress=progress
+    )
 
 
 def imagenet_state_dict(

@@ -188,8 +188,12 @@ def read_lite0_file(
     """
     path = lite0_weights_path() if path is None else Path(path)
     if check_hash and path.is_file():
-        check_sha256(path, WEIGHTS_SHA256, fix=f"reinstall the package ({INSTALL_HINT}); for weights of your own in "
-                     "this naming, pass check_hash=False.")
+        check_sha256(
+            path,
+            WEIGHTS_SHA256,
+            fix=f"reinstall the package ({INSTALL_HINT}); for weights of your own in "
+            "this naming, pass check_hash=False.",
+        )
     return load_state_dict_file(path)  # weights_only=True; says what is wrong with a missing or damaged file
 
 

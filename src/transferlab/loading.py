@@ -112,8 +112,10 @@ class LoadReport:
             f"LoadReport: {len(self.loaded)} loaded, {len(self.shape_mismatched)} shape-mismatched, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.excluded)} excluded"
         )
-        mism = [f"  shape mismatch (not loaded): {k} source {list(s)} vs model {list(m)}"
-                for k, (s, m) in self.shape_mismatched.items()]
+        mism = [
+            f"  shape mismatch (not loaded): {k} source {list(s)} vs model {list(m)}"
+            for k, (s, m) in self.shape_mismatched.items()
+        ]
         if len(mism) > 8:
             mism = mism[:8] + [f"  shape mismatch (not loaded): ... and {len(mism) - 8} more"]
         return "\n".join(
@@ -191,12 +193,16 @@ def load_matching(
             "no tensor matched by name and shape, nothing was loaded. "
             f"Model keys start {list(model.state_dict())[:3]}, source keys start {list(state_dict)[:3]}. "
             "If the source keys carry an extra prefix (e.g. 'backbone.'), "
-            "strip it first: {k.removeprefix('backbone.'): v for k, v in sd.items()}.", report)
+            "strip it first: {k.removeprefix('backbone.'): v for k, v in sd.items()}.",
+            report,
+        )
     if strict and not report.complete:
         raise _incomplete(
             f"strict=True and not every tensor matched, so nothing was loaded.\n{report!r}\n"
             "Fix: pass exclude=(prefix, ...) for layers you replaced on purpose (e.g. exclude=('fc.',)), "
-            "or strict=False and assert on the returned report.", report)
+            "or strict=False and assert on the returned report.",
+            report,
+        )
     result = model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # we only passed keys of the model itself
     return report
@@ -252,8 +258,14 @@ def adapt_input_conv(in_chans: int, conv: nn.Conv2d | torch.Tensor) -> nn.Conv2d
     if not isinstance(conv, nn.Conv2d):
         return new
     out = nn.Conv2d(
-        in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
     ).to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         out.weight.copy_(new)

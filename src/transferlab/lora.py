@@ -30,8 +30,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["LoRALinear", "LoRAConv2d", "apply_lora", "lora_layers", "merge_lora", "unmerge_lora", "remove_lora",
-           "lora_state_dict", "bitfit"]
+__all__ = [
+    "LoRALinear",
+    "LoRAConv2d",
+    "apply_lora",
+    "lora_layers",
+    "merge_lora",
+    "unmerge_lora",
+    "remove_lora",
+    "lora_state_dict",
+    "bitfit",
+]
 
 
 class _LoRA(nn.Module):
@@ -114,8 +123,10 @@ class LoRAConv2d(_LoRA):
         if not isinstance(base, nn.Conv2d):
             raise TypeError(f"LoRAConv2d wraps an nn.Conv2d, got {type(base).__name__}; use LoRALinear for Linear")
         if base.groups != 1:
-            raise ValueError(f"LoRAConv2d needs groups=1, got a conv with groups={base.groups} (depthwise?); "
-                             "put LoRA on the pointwise (1x1) or full convolutions instead")
+            raise ValueError(
+                f"LoRAConv2d needs groups=1, got a conv with groups={base.groups} (depthwise?); "
+                "put LoRA on the pointwise (1x1) or full convolutions instead"
+            )
         if base.padding_mode != "zeros":
             raise ValueError(f"LoRAConv2d supports padding_mode='zeros' only, got {base.padding_mode!r}")
         self._setup(base, r, alpha, (r, base.in_channels, *base.kernel_size), (base.out_channels, r, 1, 1))

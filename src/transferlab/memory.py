@@ -35,8 +35,13 @@ def _nbytes(t: Tensor) -> int:
     return t.untyped_storage().nbytes()
 
 
-def step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Tensor, targets: Tensor,
-                loss_fn: nn.Module | None = None) -> StepMemory:
+def step_memory(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: nn.Module | None = None,
+) -> StepMemory:
     """Run one optimizer step on ``(inputs, targets)`` and count the bytes it held (see the module docstring).
 
     Example:
@@ -61,6 +66,7 @@ def step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Tens
     optimizer.step()
     params = list(model.parameters())
     grads = sum(_nbytes(p.grad) for p in params if p.grad is not None)
-    state = sum(_nbytes(v) for s in optimizer.state.values() for v in s.values()
-                if isinstance(v, Tensor) and v.dim() > 0)  # not the 0-d step counters
+    state = sum(
+        _nbytes(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor) and v.dim() > 0
+    )  # not the 0-d step counters
     return StepMemory(sum(saved.values()), grads, state, sum(_nbytes(p) for p in params))

@@ -84,18 +84,25 @@ def _read_meta() -> dict[str, Any]:
 class TinyResNet_Weights(WeightsEnum):
     """Pretrained weights for :func:`tiny_resnet`; ``.get_state_dict()`` reads the file shipped in the package."""
 
-    LETTERS_V1 = Weights(url=_CHECKPOINT, transforms=partial(Normalize, mean=NORM_MEAN, std=NORM_STD),
-                         meta=_read_meta())
+    LETTERS_V1 = Weights(
+        url=_CHECKPOINT, transforms=partial(Normalize, mean=NORM_MEAN, std=NORM_STD), meta=_read_meta()
+    )
     DEFAULT = LETTERS_V1
 
     def get_state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """The shipped checkpoint, its SHA-256 checked before it is unpickled, read with ``weights_only=True``."""
         if not os.path.exists(self.url):
-            raise WeightsNotFoundError(f"pretrained weights not found at {self.url}; rebuild them with "
-                                       f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)")
+            raise WeightsNotFoundError(
+                f"pretrained weights not found at {self.url}; rebuild them with "
+                f"`{REBUILD_COMMAND}` (about 75 s on a 2-core CPU)"
+            )
         if "sha256" in self.meta:  # written by the build, next to the checkpoint
-            check_sha256(self.url, self.meta["sha256"], fix=f"reinstall transferlab (pip install --force-reinstall "
-                         f"transferlab), or rebuild the weights with `{REBUILD_COMMAND}`.")
+            check_sha256(
+                self.url,
+                self.meta["sha256"],
+                fix=f"reinstall transferlab (pip install --force-reinstall "
+                f"transferlab), or rebuild the weights with `{REBUILD_COMMAND}`.",
+            )
         return load_state_dict_file(self.url)
 
 

@@ -54,8 +54,10 @@ def param_groups(
         owner = _owner(name, lrs)
         (members[owner] if owner is not None else default).append(param)
     if default and default_lr is None:
-        raise ValueError(f"{len(default)} trainable parameter tensor(s) are under none of {list(lrs)}; "
-                         "pass default_lr=... for them, or freeze them first.")
+        raise ValueError(
+            f"{len(default)} trainable parameter tensor(s) are under none of {list(lrs)}; "
+            "pass default_lr=... for them, or freeze them first."
+        )
     groups = [{"name": p, "params": ps, "lr": lrs[p]} for p, ps in members.items() if ps]
     if default:
         groups.append({"name": "default", "params": default, "lr": default_lr})
@@ -83,14 +85,22 @@ class GradualUnfreezer:
         >>> unfreezer = GradualUnfreezer(model, optimizer, schedule, lrs=lrs)  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Mapping[int, list[str]],
-                 lrs: Mapping[str, float] | None = None, default_lr: float | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Mapping[int, list[str]],
+        lrs: Mapping[str, float] | None = None,
+        default_lr: float | None = None,
+    ) -> None:
         names = [n for ns in schedule.values() for n in ns]
         modules = dict(model.named_modules())
         unknown = [n for n in names if n not in modules or n == ""]
         if unknown:
-            raise ValueError(f"unknown module name(s) {unknown}; use names from model.named_modules(), "
-                             f"e.g. {[n for n, _ in model.named_children()]}.")
+            raise ValueError(
+                f"unknown module name(s) {unknown}; use names from model.named_modules(), "
+                f"e.g. {[n for n, _ in model.named_children()]}."
+            )
         lrs = dict(lrs or {})
         missing_lr = [n for n in names if n not in lrs and default_lr is None]
         if missing_lr:

@@ -22,8 +22,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["LAYOUTS", "PHOTOS", "TEXTURES", "few_shot_indices", "load_photo", "patch_positions", "photo_patches",
-           "photo_path"]
+__all__ = [
+    "LAYOUTS",
+    "PHOTOS",
+    "TEXTURES",
+    "few_shot_indices",
+    "load_photo",
+    "patch_positions",
+    "photo_patches",
+    "photo_path",
+]
 
 # Real photographs in the wheel, name -> file (synthetic images such as `color`, `phantom`, `logo` are left out).
 _FILES = {
@@ -132,8 +140,9 @@ def patch_positions(
     grid = torch.cartesian_prod(rows, torch.arange(width // size))
     grid = grid[(grid.sum(dim=1) % 2) == (0 if split == "train" else 1)]
     if len(grid) < per_class:
-        raise ValueError(f"the {split} squares of {name!r} hold only {len(grid)} patches of {size}x{size}; "
-                         "ask for fewer")
+        raise ValueError(
+            f"the {split} squares of {name!r} hold only {len(grid)} patches of {size}x{size}; ask for fewer"
+        )
     keep = torch.linspace(0, len(grid) - 1, per_class).round().long()
     return grid[keep] * size
 

@@ -79,8 +79,10 @@ def show_predictions(
         >>> fig = show_predictions(images, preds, labels, TARGET_CLASSES); plt.show()  # doctest: +SKIP
     """
     if not (len(images) == len(preds) == len(targets)):
-        raise ValueError(f"got {len(images)} images, {len(preds)} predictions and {len(targets)} targets; "
-                         "pass the same number of each.")
+        raise ValueError(
+            f"got {len(images)} images, {len(preds)} predictions and {len(targets)} targets; "
+            "pass the same number of each."
+        )
     nrows = math.ceil(len(images) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.5 * nrows), squeeze=False)
     for ax in axes.flat:
@@ -112,8 +114,14 @@ def plot_confusion_matrix(
     """
     fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.5 * len(classes) + 2))
     ConfusionMatrixDisplay.from_predictions(
-        np.asarray(targets), np.asarray(preds), labels=list(range(len(classes))), display_labels=list(classes),
-        normalize=normalize, ax=ax, colorbar=False, xticks_rotation=45,
+        np.asarray(targets),
+        np.asarray(preds),
+        labels=list(range(len(classes))),
+        display_labels=list(classes),
+        normalize=normalize,
+        ax=ax,
+        colorbar=False,
+        xticks_rotation=45,
         values_format=".2f" if normalize else "d",
     )
     fig.tight_layout()

@@ -71,8 +71,16 @@ def pretrain(cfg: PretrainConfig, classes: Sequence[str] = SOURCE_CLASSES, log_e
             print(f"step {step:4d}  difficulty {difficulty(step):.2f}  loss {loss:.3f}", flush=True)
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    train_steps(model, scenes, cfg.steps, optimizer, transform=_normalise, scheduler=schedule, loss_fn=loss_fn,
-                on_step=log if log_every else None)
+    train_steps(
+        model,
+        scenes,
+        cfg.steps,
+        optimizer,
+        transform=_normalise,
+        scheduler=schedule,
+        loss_fn=loss_fn,
+        on_step=log if log_every else None,
+    )
     return model.eval()
 
 
@@ -103,8 +111,12 @@ def _metadata(
         f"ramped 0->1 over the first {cfg.ramp:.0%} of steps, AdamW (peak lr {cfg.lr}, weight decay "
         f"{cfg.weight_decay}), OneCycle, label smoothing {cfg.label_smoothing}, seed {cfg.seed}",
         "config": {k: getattr(cfg, k) for k in CONFIG_FIELDS},
-        "build": {"seconds": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "machine": platform.machine()},
+        "build": {
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
     }
 
 
@@ -114,8 +126,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, default in vars(PretrainConfig).items():
         if not name.startswith("_") and isinstance(default, (int, float)):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    parser.add_argument("--out", default=TinyResNet_Weights.DEFAULT.url,
-                        help="checkpoint path (metadata goes next to it as .json)")
+    parser.add_argument(
+        "--out", default=TinyResNet_Weights.DEFAULT.url, help="checkpoint path (metadata goes next to it as .json)"
+    )
     parser.add_argument("--exclude", default="", help="letters to leave out of the source, e.g. OlZSbBg (ablation)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     cfg = parser.parse_args(argv, namespace=PretrainConfig())

@@ -202,8 +202,11 @@ def unsafe_globals(path: str | os.PathLike) -> list[str]:
         unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # not a torch.save zip (legacy or raw pickle), or opcodes torch's scanner does not read
         allowed = set(getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)())
-        allowed |= {f"{g.__module__}.{g.__qualname__}" for g in torch.serialization.get_safe_globals()
-                    if not isinstance(g, tuple)}
+        allowed |= {
+            f"{g.__module__}.{g.__qualname__}"
+            for g in torch.serialization.get_safe_globals()
+            if not isinstance(g, tuple)
+        }
         unsafe = set(ordered) - allowed
     position = {g: i for i, g in enumerate(ordered)}
     return sorted(unsafe, key=lambda g: (position.get(g, len(position)), g))

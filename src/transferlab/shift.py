@@ -81,18 +81,27 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
 def _check_adaptable(model: nn.Module) -> list[_BatchNorm]:
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layers; AdaBN re-estimates BatchNorm "
-                         "statistics, so there is nothing to adapt (for other normalisations, fine-tune instead)")
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layers; AdaBN re-estimates BatchNorm "
+            "statistics, so there is nothing to adapt (for other normalisations, fine-tune instead)"
+        )
     untracked = [name for name, m in layers if not m.track_running_stats]
     if untracked:
-        raise ValueError(f"BatchNorm layers {untracked} have track_running_stats=False (no running statistics to "
-                         "re-estimate: they always normalise with the batch's own statistics)")
-    frozen = [name for name, m in layers if any(getattr(h, "__name__", "") == "_keep_in_eval"
-                                                for h in m._forward_pre_hooks.values())]
+        raise ValueError(
+            f"BatchNorm layers {untracked} have track_running_stats=False (no running statistics to "
+            "re-estimate: they always normalise with the batch's own statistics)"
+        )
+    frozen = [
+        name
+        for name, m in layers
+        if any(getattr(h, "__name__", "") == "_keep_in_eval" for h in m._forward_pre_hooks.values())
+    ]
     if frozen:
-        raise ValueError(f"BatchNorm layers {frozen[:3]}{'...' if len(frozen) > 3 else ''} are frozen by "
-                         "freeze_bn (kept in eval mode), so AdaBN could not update them; call "
-                         "transferlab.freeze.unfreeze_bn(model) first")
+        raise ValueError(
+            f"BatchNorm layers {frozen[:3]}{'...' if len(frozen) > 3 else ''} are frozen by "
+            "freeze_bn (kept in eval mode), so AdaBN could not update them; call "
+            "transferlab.freeze.unfreeze_bn(model) first"
+        )
     return [m for _, m in layers]
 
 
@@ -112,8 +121,7 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
         >>> adapted = adapt_bn(copy.deepcopy(model), DataLoader(unlabelled_target, batch_size=256))  # doctest: +SKIP
     """
     layers = _check_adaptable(model)
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-             for m in layers]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
     was_training = model.training
     device = next(iter(model.buffers())).device
     model.eval()
@@ -128,8 +136,10 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
             model(images.to(device))
             seen += len(images)
         if seen == 0:
-            raise ValueError("the loader yielded no images, so no statistics could be estimated (the model is "
-                             "unchanged); pass a non-empty loader of unlabelled target images")
+            raise ValueError(
+                "the loader yielded no images, so no statistics could be estimated (the model is "
+                "unchanged); pass a non-empty loader of unlabelled target images"
+            )
     except BaseException:  # nothing half-adapted: put the old statistics back
         for m, (_, mean, var, count) in zip(layers, saved, strict=True):
             m.running_mean.copy_(mean)

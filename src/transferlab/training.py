@@ -208,8 +208,10 @@ def _draw(data: Batch, batch_size: int, generator: torch.Generator | None) -> Ba
     """Batches of ``batch_size`` samples drawn with replacement from in-memory ``(inputs, targets)``."""
     inputs, targets = data
     if len(inputs) != len(targets) or len(targets) == 0:
-        raise ValueError(f"train_steps needs as many inputs as targets, at least one: got {len(inputs)} inputs "
-                         f"and {len(targets)} targets.")
+        raise ValueError(
+            f"train_steps needs as many inputs as targets, at least one: got {len(inputs)} inputs "
+            f"and {len(targets)} targets."
+        )
 
     def batch(step: int) -> Batch:
         pick = torch.randint(len(targets), (batch_size,), generator=generator)
@@ -303,7 +305,14 @@ def train_recipe(
     """
     optimizer = torch.optim.AdamW(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    return train_steps(model, data, steps, optimizer, batch_size=batch_size,
-                       generator=generator or torch.Generator().manual_seed(seed), transform=transform,
-                       scheduler=schedule,
-                       device=device)
+    return train_steps(
+        model,
+        data,
+        steps,
+        optimizer,
+        batch_size=batch_size,
+        generator=generator or torch.Generator().manual_seed(seed),
+        transform=transform,
+        scheduler=schedule,
+        device=device,
+    )

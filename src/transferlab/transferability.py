@@ -51,8 +51,13 @@ __all__ = [
 
 STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 # TinyResNet's modules that make up each stage (the stem's ReLU and max-pool have no parameters).
-STAGE_MODULES: dict[str, tuple[str, ...]] = {"stem": ("conv1", "bn1"), "layer1": ("layer1",), "layer2": ("layer2",),
-                                             "layer3": ("layer3",), "layer4": ("layer4",)}
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "stem": ("conv1", "bn1"),
+    "layer1": ("layer1",),
+    "layer2": ("layer2",),
+    "layer3": ("layer3",),
+    "layer4": ("layer4",),
+}
 
 
 def split_classes(classes: Sequence[str] = SOURCE_CLASSES, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -101,8 +106,10 @@ def stage_modules(n: int) -> tuple[str, ...]:
         ('conv1', 'bn1')
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(STAGES):
-        raise ValueError(f"n must be an integer number of stages from 1 to {len(STAGES)} ({', '.join(STAGES)}), "
-                         f"got {n!r}; n = 0 (nothing transferred) is the base network itself")
+        raise ValueError(
+            f"n must be an integer number of stages from 1 to {len(STAGES)} ({', '.join(STAGES)}), "
+            f"got {n!r}; n = 0 (nothing transferred) is the base network itself"
+        )
     return tuple(name for stage in STAGES[:n] for name in STAGE_MODULES[stage])
 
 
@@ -143,15 +150,18 @@ def transfer_model(donor: nn.Module, n: int, num_classes: int, fine_tune: bool, 
     names = stage_modules(n)
     missing = [name for name in names if not hasattr(donor, name)]
     if missing or not isinstance(donor, TinyResNet):
-        raise TypeError(f"donor must be a TinyResNet (a base network), got {type(donor).__name__}"
-                        + (f" without {missing}" if missing else ""))
+        raise TypeError(
+            f"donor must be a TinyResNet (a base network), got {type(donor).__name__}"
+            + (f" without {missing}" if missing else "")
+        )
     model = scratch_model(num_classes, seed)
     for name in names:
         try:
             model.get_submodule(name).load_state_dict(donor.get_submodule(name).state_dict())
         except RuntimeError as error:
-            raise ValueError(f"stage module {name!r} of the donor does not fit a default TinyResNet "
-                             f"(different widths?): {error}") from None
+            raise ValueError(
+                f"stage module {name!r} of the donor does not fit a default TinyResNet (different widths?): {error}"
+            ) from None
     if not fine_tune:
         freeze(model, list(names))
         freeze_bn(model, list(names))
@@ -178,12 +188,21 @@ def task_stream(classes: Sequence[str], cfg: PretrainConfig) -> list[tuple[torch
     if cfg.steps < 1:
         raise ValueError(f"cfg.steps must be at least 1, got {cfg.steps}")
     glyphs = source_glyphs("train", cfg.glyphs_per_class)
-    return [source_batch(cfg.batch_size, min(1.0, step / max(1, cfg.ramp * cfg.steps)), 1_000_003 * cfg.seed + step,
-                         classes, glyphs) for step in range(cfg.steps)]
+    return [
+        source_batch(
+            cfg.batch_size, min(1.0, step / max(1, cfg.ramp * cfg.steps)), 1_000_003 * cfg.seed + step, classes, glyphs
+        )
+        for step in range(cfg.steps)
+    ]
 
 
-def train_on_task(model: nn.Module, classes: Sequence[str], cfg: PretrainConfig, device: str | torch.device = "cpu",
-                  stream: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> nn.Module:
+def train_on_task(
+    model: nn.Module,
+    classes: Sequence[str],
+    cfg: PretrainConfig,
+    device: str | torch.device = "cpu",
+    stream: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> nn.Module:
     """Train ``model`` on the letters ``classes`` with the course's pretraining recipe; returns it in eval mode.
 
     The recipe of :func:`transferlab.pretrain.pretrain` (a fresh batch of scenes every step from ``cfg.seed``,
@@ -204,20 +223,31 @@ def train_on_task(model: nn.Module, classes: Sequence[str], cfg: PretrainConfig,
         raise ValueError("the model has no trainable parameters (everything is frozen); unfreeze the head at least")
     stream = task_stream(classes, cfg) if stream is None else stream
     if len(stream) != cfg.steps:
-        raise ValueError(f"the stream has {len(stream)} batches but cfg.steps is {cfg.steps}; render it with "
-                         "task_stream(classes, cfg) for the same cfg")
+        raise ValueError(
+            f"the stream has {len(stream)} batches but cfg.steps is {cfg.steps}; render it with "
+            "task_stream(classes, cfg) for the same cfg"
+        )
     model.to(device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    train_steps(model, stream.__getitem__, cfg.steps, optimizer, transform=_normalise, scheduler=schedule,
-                loss_fn=loss_fn, device=device)
+    train_steps(
+        model,
+        stream.__getitem__,
+        cfg.steps,
+        optimizer,
+        transform=_normalise,
+        scheduler=schedule,
+        loss_fn=loss_fn,
+        device=device,
+    )
     return model.eval()
 
 
 @torch.no_grad()
-def task_accuracy(model: nn.Module, classes: Sequence[str], device: str | torch.device = "cpu",
-                  batch_size: int = 520) -> float:
+def task_accuracy(
+    model: nn.Module, classes: Sequence[str], device: str | torch.device = "cpu", batch_size: int = 520
+) -> float:
     """Top-1 accuracy of ``model`` (eval mode) on the fixed source test scenes of ``classes`` (30 per letter).
 
     Example:

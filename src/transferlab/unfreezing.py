@@ -41,8 +41,20 @@ from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.optim import GradualUnfreezer, param_groups
 from transferlab.training import train_one_epoch
 
-__all__ = ["ARMS", "BODY", "LAYER3_RATIO", "Budget", "new_model", "frozen_model", "train_loader_for",
-           "target_split", "build_arm", "run_arm", "PairedDifference", "paired_difference"]
+__all__ = [
+    "ARMS",
+    "BODY",
+    "LAYER3_RATIO",
+    "Budget",
+    "new_model",
+    "frozen_model",
+    "train_loader_for",
+    "target_split",
+    "build_arm",
+    "run_arm",
+    "PairedDifference",
+    "paired_difference",
+]
 
 ARMS = ("features", "one-shot", "warm-up", "LP-FT", "matched", "gradual")
 BODY = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")  # the pretrained modules with parameters
@@ -59,9 +71,9 @@ class Budget:
     steps_per_epoch: int = 4
     epochs: int = 6
     head_lr: float = 1e-2
-    step_size: int = 2       # StepLR: every rate halves every step_size epochs
+    step_size: int = 2  # StepLR: every rate halves every step_size epochs
     gamma: float = 0.5
-    warmup: int = 2          # warm-up arm: epochs over which the pretrained layers' rate ramps up
+    warmup: int = 2  # warm-up arm: epochs over which the pretrained layers' rate ramps up
     unfreeze_at: tuple[int, int] = (2, 4)  # LP-FT and gradual: epoch of the first (and gradual's second) unfreezing
 
 
@@ -89,8 +101,12 @@ def _tensors(dataset) -> TensorDataset:
 def train_loader_for(seed: int, budget: Budget = Budget()) -> DataLoader:
     """``budget.k`` images per class chosen by ``seed``; ``steps_per_epoch`` batches an epoch, with replacement."""
     train = _tensors(target_dataset("train", k=budget.k, seed=seed, transform=WEIGHTS.transforms()))
-    sampler = RandomSampler(train, replacement=True, num_samples=budget.batch * budget.steps_per_epoch,
-                            generator=torch.Generator().manual_seed(seed))
+    sampler = RandomSampler(
+        train,
+        replacement=True,
+        num_samples=budget.batch * budget.steps_per_epoch,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return DataLoader(train, batch_size=budget.batch, sampler=sampler, num_workers=0)
 
 
@@ -116,8 +132,9 @@ def _unfreeze(model: nn.Module, names: list[str]) -> None:
         unfreeze_bn(model, name)  # its BatchNorm follows model.train() again
 
 
-def build_arm(arm: str, body_lr: float | None, budget: Budget = Budget(), head_lr: float | None = None
-              ) -> tuple[nn.Module, torch.optim.Optimizer, object, Callable[[int], None]]:
+def build_arm(
+    arm: str, body_lr: float | None, budget: Budget = Budget(), head_lr: float | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer, object, Callable[[int], None]]:
     """A fresh model, its optimizer, scheduler and ``on_epoch_start`` callback for ``fit``, for one arm.
 
     Args:
@@ -146,8 +163,9 @@ def build_arm(arm: str, body_lr: float | None, budget: Budget = Budget(), head_l
     if arm == "warm-up":
         decay = lambda e: budget.gamma ** (e // budget.step_size)  # noqa: E731  (what StepLR does)
         ramp = lambda e: decay(e) * min(1.0, (e + 1) / (budget.warmup + 1))  # noqa: E731
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [decay if g["name"] == "fc" else ramp
-                                                                  for g in optimizer.param_groups])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [decay if g["name"] == "fc" else ramp for g in optimizer.param_groups]
+        )
     else:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=budget.step_size, gamma=budget.gamma)
     if arm in ("LP-FT", "gradual"):
@@ -164,8 +182,14 @@ def build_arm(arm: str, body_lr: float | None, budget: Budget = Budget(), head_l
     return model, optimizer, scheduler, on_epoch_start
 
 
-def run_arm(arm: str, seed: int, body_lr: float | None, budget: Budget = Budget(), head_lr: float | None = None,
-            device: torch.device | str = "cpu") -> nn.Module:
+def run_arm(
+    arm: str,
+    seed: int,
+    body_lr: float | None,
+    budget: Budget = Budget(),
+    head_lr: float | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
     """Train one arm for one seed on ``budget`` and return the model as it is after the last epoch.
 
     The loop is the plain one of notebook 07: ``on_epoch_start(epoch)``, `train_one_epoch`, ``scheduler.step()``.
@@ -187,7 +211,7 @@ class PairedDifference(NamedTuple):
     """Mean accuracy difference A - B over seeds, with its two standard errors (see `paired_difference`)."""
 
     mean: float
-    se_seeds: float   # std of the per-seed differences (ddof=1) / sqrt(seeds)
+    se_seeds: float  # std of the per-seed differences (ddof=1) / sqrt(seeds)
     se_images: float  # bootstrap over test images, resampled alike for every seed and both arms
     per_seed: list[float]
 
@@ -202,8 +226,9 @@ class PairedDifference(NamedTuple):
         return abs(self.mean) > 2 * self.se
 
 
-def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, clusters: np.ndarray | None = None,
-                      n_boot: int = 2000, seed: int = 0) -> PairedDifference:
+def paired_difference(
+    correct_a: np.ndarray, correct_b: np.ndarray, clusters: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0
+) -> PairedDifference:
     """Paired difference of two arms' test accuracy over seeds, and a bootstrap over the test images.
 
     Args:
@@ -221,8 +246,9 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, clusters: np
     """
     a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
     if a.shape != b.shape or a.ndim != 2 or a.shape[0] < 2:
-        raise ValueError(f"need two [seeds, images] arrays of one shape with at least 2 seeds, got {a.shape} and "
-                         f"{b.shape}.")
+        raise ValueError(
+            f"need two [seeds, images] arrays of one shape with at least 2 seeds, got {a.shape} and {b.shape}."
+        )
     diff = a - b  # [seeds, images]
     per_seed = diff.mean(axis=1)
     clusters = np.arange(a.shape[1]) if clusters is None else np.asarray(clusters)
@@ -231,5 +257,9 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, clusters: np
     sizes = np.array([(clusters == g).sum() for g in groups])
     pick = np.random.default_rng(seed).integers(len(groups), size=(n_boot, len(groups)))
     boot = by_group.mean(axis=0)[pick].sum(axis=1) / sizes[pick].sum(axis=1)  # mean over seeds, resampled images
-    return PairedDifference(float(per_seed.mean()), float(per_seed.std(ddof=1) / np.sqrt(len(per_seed))),
-                            float(boot.std(ddof=1)), [round(float(x), 4) for x in per_seed])
+    return PairedDifference(
+        float(per_seed.mean()),
+        float(per_seed.std(ddof=1) / np.sqrt(len(per_seed))),
+        float(boot.std(ddof=1)),
+        [round(float(x), 4) for x in per_seed],
+    )
