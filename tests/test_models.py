@@ -21,6 +21,32 @@ def test_module_names_match_torchvision_resnet():
     assert ours == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
 
 
+def test_forward_is_torchvisions_resnet_forward():
+    """TinyResNet's own forward computes what torchvision's ResNet.forward computes with the same modules."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    tiny = tiny_resnet(weights=TinyResNet_Weights.DEFAULT).eval()
+    reference = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=52).eval()
+    for name, module in tiny.named_children():  # the same modules in torchvision's container
+        setattr(reference, name, module)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tiny(x), reference(x))
+        reference.maxpool = nn.Identity()  # negative control: a different network gives different logits
+        assert not torch.allclose(tiny(x), reference(x))
+
+
+def test_built_from_public_parts_only():
+    """No private ResNet state is set by hand: TinyResNet is a plain nn.Module of public torchvision blocks."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = tiny_resnet()
+    assert not isinstance(model, ResNet)
+    assert all(isinstance(getattr(model, f"layer{i}")[0], BasicBlock) for i in range(1, 5))
+    assert not {"_norm_layer", "inplanes", "dilation", "base_width"} & set(vars(model))
+
+
 def test_forward_shape_and_num_classes():
     model = tiny_resnet(num_classes=10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)

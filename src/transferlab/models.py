@@ -1,8 +1,8 @@
 """TinyResNet: the course's own small ResNet and its pretrained weights, published like torchvision's.
 
-The network is torchvision's ResNet machinery (``BasicBlock``, ``ResNet._make_layer``, ``ResNet.forward``) with one
-block per stage, widths 32-64-128-256 and a stem made for 32x32 inputs (3x3 stride-1 conv, then a 2x2 max-pool), so
-layer4 still sees a 2x2 map. Module names are torchvision's (``conv1, bn1, relu, maxpool, layer1..layer4, avgpool,
+The network is built from torchvision's public ``BasicBlock`` with its own short ``forward``: one block per stage,
+widths 32-64-128-256 and a stem made for 32x32 inputs (3x3 stride-1 conv, then a 2x2 max-pool), so layer4 still
+sees a 2x2 map. Module names are torchvision's (``conv1, bn1, relu, maxpool, layer1..layer4, avgpool,
 fc``): every freezing, head-replacement and partial-loading helper works on it and on ``resnet18`` alike.
 
 ``TinyResNet_Weights.LETTERS_V1`` (= ``DEFAULT``) was pretrained by ``python -m transferlab.pretrain`` on the
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import Weights, WeightsEnum
-from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.transforms import Normalize
 
 from transferlab.serialization import WeightsNotFoundError, check_sha256, load_state_dict_file, verify_weights
@@ -43,8 +43,23 @@ NORM_STD = (0.25, 0.25, 0.25)
 REBUILD_COMMAND = "python -m transferlab.pretrain"
 
 
-class TinyResNet(ResNet):
-    """A ResNet with one ``BasicBlock`` per stage for 32x32 inputs, built from torchvision's own parts.
+def _stage(inplanes: int, planes: int, stride: int) -> nn.Sequential:
+    """One stage of a single ``BasicBlock``, with the 1x1 projection shortcut where the shape changes.
+
+    The shortcut is built before the block, as torchvision's ``ResNet._make_layer`` does, so a seeded random
+    initialisation draws the same numbers in the same order.
+    """
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+    return nn.Sequential(BasicBlock(inplanes, planes, stride, downsample))
+
+
+class TinyResNet(nn.Module):
+    """A ResNet with one torchvision ``BasicBlock`` per stage, for 32x32 inputs.
+
+    The module names and state-dict keys are those of ``torchvision.models.resnet18`` (``conv1, bn1, relu,
+    maxpool, layer1..layer4, avgpool, fc``), so the same freezing, head-replacement and loading code works on both.
 
     Args:
         num_classes: size of the ``fc`` output.
@@ -52,17 +67,15 @@ class TinyResNet(ResNet):
     """
 
     def __init__(self, num_classes: int = 52, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
-        nn.Module.__init__(self)  # ResNet.__init__ hard-codes 64..512 channels and a 7x7 stem; set up its state here
-        self._norm_layer, self.inplanes, self.dilation = nn.BatchNorm2d, widths[0], 1
-        self.groups, self.base_width = 1, 64
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)  # resnet18: 7x7, stride 2
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2)  # 32x32 -> 16x16
-        self.layer1 = self._make_layer(BasicBlock, widths[0], 1)
-        self.layer2 = self._make_layer(BasicBlock, widths[1], 1, stride=2)
-        self.layer3 = self._make_layer(BasicBlock, widths[2], 1, stride=2)
-        self.layer4 = self._make_layer(BasicBlock, widths[3], 1, stride=2)  # 2x2
+        self.layer1 = _stage(widths[0], widths[0], stride=1)
+        self.layer2 = _stage(widths[0], widths[1], stride=2)
+        self.layer3 = _stage(widths[1], widths[2], stride=2)
+        self.layer4 = _stage(widths[2], widths[3], stride=2)  # 2x2
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[3], num_classes)
         for m in self.modules():  # torchvision's ResNet initialisation
@@ -71,6 +84,11 @@ class TinyResNet(ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def _read_meta() -> dict[str, Any]:
