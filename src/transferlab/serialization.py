@@ -21,7 +21,6 @@ import hashlib
 import io
 import os
 import pickle
-import pickletools
 import sys
 import tempfile
 import warnings
@@ -143,73 +142,31 @@ def _is_module_class(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
-def _pickles(path: Path) -> list[bytes]:
-    """The pickle streams to scan: ``data.pkl`` of a torch.save zip, else the whole (legacy or raw pickle) file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            return [zf.read(n) for n in zf.namelist() if n.endswith("data.pkl")]
-    return [path.read_bytes()]
-
-
-def _globals_in_order(data: bytes) -> list[str]:
-    """Every global the pickle(s) in ``data`` would import, in file order, read by ``pickletools`` (nothing runs).
-
-    Handles ``GLOBAL`` (protocols 0-3) and ``STACK_GLOBAL`` (4-5, whose two names are pushed as strings just before,
-    possibly through the memo); a legacy torch.save file is several pickles in a row.
-    """
-    found: list[str] = []
-    memo: dict[Any, Any] = {}
-    recent: list[Any] = []  # values pushed by the last ops that push one (None for non-strings)
-    stream = io.BytesIO(data)
-    try:
-        while stream.tell() < len(data):
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "STACK_GLOBAL"):
-                    named = str(arg).replace(" ", ".") if op.name == "GLOBAL" else ".".join(map(str, recent[-2:]))
-                    if op.name == "GLOBAL" or (len(recent) >= 2 and all(isinstance(v, str) for v in recent[-2:])):
-                        found.append(named)
-                    recent.append(None)
-                elif op.name == "MEMOIZE":
-                    memo[len(memo)] = recent[-1] if recent else None
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = recent[-1] if recent else None
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    recent.append(memo.get(arg))
-                elif op.stack_after and op.name not in ("FRAME", "PROTO"):
-                    recent.append(arg if isinstance(arg, str) else None)
-    except Exception:  # damaged, or the raw storage bytes after a legacy file's pickles: keep what was read
-        pass
-    return list(dict.fromkeys(found))
-
-
-def unsafe_globals(path: str | os.PathLike) -> list[str]:
+def unsafe_globals(path: str | os.PathLike) -> list[str] | None:
     """The globals (``"module.name"``) that unpickling ``path`` would import and ``weights_only=True`` refuses.
 
-    For a ``torch.save`` zip file this is ``torch.serialization.get_unsafe_globals_in_checkpoint``, put in the
-    order the file names them (the first is the outermost object, e.g. a pickled model's class). Nothing is
-    unpickled or imported. A file that cannot be read at all gives ``[]``.
+    Asks torch (``torch.serialization.get_unsafe_globals_in_checkpoint``, which reads the pickle without running
+    it), sorted so that classes of a whole pickled model come first: those outside ``torch.nn`` (the model's own),
+    then torch's containers and layers, then the rest. ``None`` where torch cannot say: a raw pickle or a file in
+    the legacy (pre-1.6) ``torch.save`` format, which is not a zip archive.
 
     Example:
         >>> unsafe_globals("model_saved_with_torch_save_model.pt")  # doctest: +SKIP
-        ['torchvision.models.resnet.ResNet', 'torch.nn.modules.conv.Conv2d', ...]
+        ['torchvision.models.resnet.BasicBlock', 'torchvision.models.resnet.ResNet', ...]
     """
-    path = Path(path)
     try:
-        ordered = [g for data in _pickles(path) for g in _globals_in_order(data)]
-    except (OSError, zipfile.BadZipFile):  # unreadable: keep what torch itself can say
-        ordered = []
-    try:
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # not a torch.save zip (legacy or raw pickle), or opcodes torch's scanner does not read
-        allowed = set(getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)())
-        allowed |= {
-            f"{g.__module__}.{g.__qualname__}"
-            for g in torch.serialization.get_safe_globals()
-            if not isinstance(g, tuple)
-        }
-        unsafe = set(ordered) - allowed
-    position = {g: i for i, g in enumerate(ordered)}
-    return sorted(unsafe, key=lambda g: (position.get(g, len(position)), g))
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, OSError):  # not a torch.save zip archive, or one torch cannot open
+        return None
+
+    def rank(name: str) -> tuple[int, str]:
+        if _is_module_class(_resolve(name)):
+            if not name.startswith("torch.nn."):
+                return (0, name)
+            return (1 if name.startswith("torch.nn.modules.container.") else 2, name)
+        return (3, name)
+
+    return sorted(names, key=rank)
 
 
 def _check_path(path: Path) -> None:
@@ -227,13 +184,20 @@ def _check_path(path: Path) -> None:
 def _refusal(path: Path) -> WeightsFileError:
     """The error for a file that ``weights_only=True`` refused, naming what it would have imported."""
     names = unsafe_globals(path)
-    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    models = [n for n in names if _is_module_class(_resolve(n))]
-    if models:  # the outermost class comes first; a class of a module not imported here is the user's own model
-        root = names[0] if _resolve(names[0]) is None else models[0]
+    if names is None:
         return WeightsFileError(
-            f"{path.name} holds a whole pickled model ({root}), not a state_dict; weights_only=True refuses it "
-            f"because unpickling it would import {shown}. Fix: where the file is made, save "
+            f"{path.name} is not a torch.save zip archive (a raw pickle, or the legacy format of PyTorch before 1.6) "
+            "and weights_only=True refused what it would import; nothing in it was run. Ask for the weights as a "
+            "state_dict saved with a current torch.save(model.state_dict(), path); never load it with "
+            "weights_only=False unless you trust whoever made it."
+        )
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    models = [n for n in names if _is_module_class(_resolve(n)) or (_resolve(n) is None and "." in n)]
+    if models:  # a class of a module not imported here is most likely the user's own model
+        own = [m for m in models if not m.startswith("torch.nn.")] or models[:1]
+        return WeightsFileError(
+            f"{path.name} holds a whole pickled model ({', '.join(own)}), not a state_dict; weights_only=True "
+            f"refuses it because unpickling it would import {shown}. Fix: where the file is made, save "
             "torch.save(model.state_dict(), path) and load it into a freshly built model. Only if you trust "
             "the file's source: torch.load(path, weights_only=False), then .state_dict()."
         )
