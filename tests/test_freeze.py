@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from transferlab.freeze import count_parameters, freeze, freeze_bn, unfreeze, unfreeze_bn
+from transferlab.freeze import count_parameters, freeze, freeze_bn, is_bn_frozen, unfreeze, unfreeze_bn
 
 
 def small_net() -> nn.Sequential:
@@ -102,3 +102,15 @@ def test_unfreeze_bn_on_a_deep_copy_leaves_the_original_frozen():
     assert torch.equal(original[1].running_mean, before)
     copy_.train()(x)
     assert not torch.equal(copy_[1].running_mean, before)
+
+
+def test_is_bn_frozen_follows_freeze_and_unfreeze_also_on_a_copy():
+
+    model = freeze_bn(small_net())
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(is_bn_frozen(m) for m in bns)
+    assert not is_bn_frozen(nn.Linear(2, 2)) and not is_bn_frozen(nn.BatchNorm2d(2))
+    clone = unfreeze_bn(copy.deepcopy(model))  # the copy's hook is the copy's own: unfreezing it leaves the original
+    assert not any(is_bn_frozen(m) for m in clone.modules())
+    assert all(is_bn_frozen(m) for m in bns)
+    assert not any(k.endswith("hook") for k in model.state_dict())  # the handle is not saved with the weights

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm  # base class of BatchNorm1d/2d/3d and SyncBatchNorm
 
-__all__ = ["freeze", "unfreeze", "freeze_bn", "unfreeze_bn", "ParamCount", "count_parameters"]
+__all__ = ["freeze", "unfreeze", "freeze_bn", "is_bn_frozen", "unfreeze_bn", "ParamCount", "count_parameters"]
 
 
 def _targets(module: nn.Module, submodules: str | Iterable[str] | None) -> list[nn.Module]:
@@ -67,9 +67,25 @@ def unfreeze(module: nn.Module, submodules: str | Iterable[str] | None = None) -
     return _set_requires_grad(module, submodules, True)
 
 
+# The handle of freeze_bn's hook is kept on the BatchNorm itself (a plain attribute: not in the state_dict, copied by
+# copy.deepcopy together with the hook it removes), so the freeze can be undone and asked about without a registry.
+_HOOK_HANDLE = "transferlab_freeze_bn_hook"
+
+
 def _keep_in_eval(bn: nn.Module, args: tuple) -> None:
     """Forward pre-hook: whatever ``.train()`` did, this BatchNorm runs in eval mode."""
     bn.train(False)
+
+
+def is_bn_frozen(module: nn.Module) -> bool:
+    """Whether ``module`` is a BatchNorm layer frozen by :func:`freeze_bn` (kept in eval mode whatever ``train()``).
+
+    Example:
+        >>> bn = nn.BatchNorm1d(3)
+        >>> is_bn_frozen(bn), is_bn_frozen(freeze_bn(bn))
+        (False, True)
+    """
+    return isinstance(module, _BatchNorm) and getattr(module, _HOOK_HANDLE, None) is not None
 
 
 def freeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None) -> nn.Module:
@@ -78,10 +94,11 @@ def freeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None) 
     ``requires_grad=False`` alone does not stop a BatchNorm in train mode from updating
     ``running_mean``/``running_var`` and normalising with the batch's own statistics. Here each
     BatchNorm gets a forward pre-hook that puts it back into eval mode right before it runs, so the
-    freeze survives ``model.train()`` (which a training loop calls every epoch). Undo with :func:`unfreeze_bn`.
+    freeze survives ``model.train()`` (which a training loop calls every epoch). Undo with :func:`unfreeze_bn`;
+    ask with :func:`is_bn_frozen`.
 
     Args:
-        module: the model.
+        module: the model (a single BatchNorm layer works too).
         submodules: ``None`` for every BatchNorm in the model, or names of submodules to search.
     Returns:
         ``module`` (changed in place).
@@ -98,8 +115,8 @@ def freeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None) 
                 for p in m.parameters():
                     p.requires_grad_(False)
                 m.eval()
-                if _keep_in_eval not in m._forward_pre_hooks.values():  # not twice
-                    m.register_forward_pre_hook(_keep_in_eval)
+                if not is_bn_frozen(m):  # not twice
+                    setattr(m, _HOOK_HANDLE, m.register_forward_pre_hook(_keep_in_eval))
     return module
 
 
@@ -111,9 +128,9 @@ def unfreeze_bn(module: nn.Module, submodules: str | Iterable[str] | None = None
     for target in _targets(module, submodules):
         for m in target.modules():
             if isinstance(m, _BatchNorm):
-                # Found by identity rather than through a stored handle, so this also works on a copy.deepcopy.
-                for hook_id in [k for k, hook in m._forward_pre_hooks.items() if hook is _keep_in_eval]:
-                    del m._forward_pre_hooks[hook_id]
+                if is_bn_frozen(m):
+                    getattr(m, _HOOK_HANDLE).remove()
+                    delattr(m, _HOOK_HANDLE)
                 for p in m.parameters():
                     p.requires_grad_(True)
     return module

@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.transforms.functional import gaussian_blur
 
 from transferlab.data import target_dataset
+from transferlab.freeze import is_bn_frozen
 
 __all__ = ["SHIFTS", "apply_shift", "shifted_target", "batchnorm_layers", "adapt_bn"]
 
@@ -91,11 +92,7 @@ def _check_adaptable(model: nn.Module) -> list[_BatchNorm]:
             f"BatchNorm layers {untracked} have track_running_stats=False (no running statistics to "
             "re-estimate: they always normalise with the batch's own statistics)"
         )
-    frozen = [
-        name
-        for name, m in layers
-        if any(getattr(h, "__name__", "") == "_keep_in_eval" for h in m._forward_pre_hooks.values())
-    ]
+    frozen = [name for name, m in layers if is_bn_frozen(m)]
     if frozen:
         raise ValueError(
             f"BatchNorm layers {frozen[:3]}{'...' if len(frozen) > 3 else ''} are frozen by "
