@@ -33,7 +33,6 @@ import torch
 from torch import nn
 from torchvision.models import EfficientNet_B0_Weights, Weights, WeightsEnum
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms._presets import ImageClassification
 
 from transferlab.loading import LoadReport, load_matching
 from transferlab.serialization import (
@@ -44,6 +43,10 @@ from transferlab.serialization import (
     load_state_dict_file,
     verify_weights,
 )
+
+# torchvision's preset eval transform (resize, centre-crop, normalise), the class every classification weights'
+# ``.transforms()`` returns; torchvision does not export it under a public module, so it is taken from a public enum.
+ImageClassification = type(EfficientNet_B0_Weights.IMAGENET1K_V1.transforms())
 
 __all__ = [
     "LITE0_KEY_RULES",
