@@ -48,5 +48,5 @@ class tqdm(_auto_tqdm):  # lower case: a drop-in replacement for tqdm.auto.tqdm
             return
         if getattr(self.container, "comm", None) is None:  # leave=False closed the widget: store no stale text
             handle.update({"text/plain": ""}, raw=True)
-        else:  # the widget's own bundle, with the bar drawn in block characters as in a terminal
+        else:  # the widget's own bundle (IPython's public display protocol, _repr_mimebundle_), the bar as text too
             handle.update({**self.container._repr_mimebundle_(), "text/plain": self.container.__repr__(True)}, raw=True)
