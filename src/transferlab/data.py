@@ -164,15 +164,16 @@ def _digits() -> tuple[Tensor, Tensor]:
     """sklearn's 1,797 digits as ([N, 8, 8] in [0, 1], labels), the same arrays as ``load_digits()``."""
     # load_digits() reads this file; reading it directly skips importing sklearn.datasets (~1.5 s).
     spec = importlib.util.find_spec("sklearn")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
+    locations = spec.submodule_search_locations if spec else None
+    path = os.path.join(locations[0], "datasets", "data", "digits.csv.gz") if locations else ""
     if os.path.exists(path):
         table = np.loadtxt(path, delimiter=",")
         images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     else:
         from sklearn.datasets import load_digits
 
-        bunch = load_digits()
-        images, labels = bunch.images, bunch.target
+        images, labels = load_digits(return_X_y=True)
+        images = images.reshape(-1, 8, 8)
     return torch.from_numpy(images / 16.0).float(), torch.from_numpy(labels).long()
 
 

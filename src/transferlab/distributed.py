@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -307,7 +307,7 @@ def model_factory(spec: str) -> Callable[..., nn.Module]:
     factory = getattr(module, name, None)
     if not callable(factory):
         raise ValueError(f"--model {spec!r}: {module_name} has no function {name!r}")
-    return factory
+    return cast(Callable[..., nn.Module], factory)
 
 
 def build_model(model: str | None, weights: str = "DEFAULT", num_classes: int = len(TARGET_CLASSES)) -> nn.Module:
@@ -411,7 +411,7 @@ def load_snapshot(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m transferlab.distributed", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m transferlab.distributed", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--weights", default="DEFAULT", help="DEFAULT (the course's pretrained TinyResNet) or a file")
     p.add_argument(
         "--model",

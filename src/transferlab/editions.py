@@ -491,7 +491,7 @@ def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m transferlab.editions", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m transferlab.editions", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("edition", choices=["student", "clean", "handouts"])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--out", type=Path, help="default: build/<edition>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -152,6 +152,6 @@ def train_head(
     """
     # Once the backbone is out of the loop, a DataLoader's per-batch work (sampling indices into a list, collating)
     # and a second shuffled pass for the evaluation cost as much as the head itself: index whole batches instead.
-    train_batches = ShuffledBatches(train_features, batch_size, generator)
-    val_batches = _in_order(val_features if val_features is not None else train_features)
+    train_batches = cast("Iterable[Batch]", ShuffledBatches(train_features, batch_size, generator))  # (x, y) pairs
+    val_batches = cast("list[Batch]", _in_order(val_features if val_features is not None else train_features))
     return fit(head, train_batches, val_batches, optimizer, epochs, **fit_kwargs)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from timm.models import EfficientNet
 from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.functional import InterpolationMode
@@ -156,7 +157,7 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
     return efficientnet_lite0(weights=WEIGHTS).state_dict()
 
 
-def new_lite0(num_classes: int, seed: int) -> nn.Module:
+def new_lite0(num_classes: int, seed: int) -> EfficientNet:
     """The ImageNet Lite0 with a fresh ``num_classes`` head drawn by ``seed``.
 
     Example:
@@ -170,7 +171,7 @@ def new_lite0(num_classes: int, seed: int) -> nn.Module:
     return model
 
 
-def probe_features(model: nn.Module, data: FolderData, device: torch.device | str = "cpu") -> dict[str, tuple]:
+def probe_features(model: EfficientNet, data: FolderData, device: torch.device | str = "cpu") -> dict[str, tuple]:
     """Frozen Lite0 features (1280 per image, global-average-pooled) of every split, computed once."""
     backbone = copy.deepcopy(model)
     backbone.reset_classifier(0)  # the classifier becomes an Identity
@@ -376,7 +377,9 @@ def load_finetuned(out: str | os.PathLike) -> tuple[nn.Module, dict, nn.Module]:
 def finetune_command(argv: Sequence[str] | None = None) -> tuple[dict, nn.Module]:
     """What ``python -m transferlab.finetune`` does: prints its progress and numbers, saves the model, and returns
     ``(report, model)``: the printed numbers as a dict, and the chosen model (the notebook goes on with it)."""
-    parser = argparse.ArgumentParser(prog="python -m transferlab.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m transferlab.finetune", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("data_dir", help="ImageFolder-shaped folder: DATA_DIR/class/*.jpg or DATA_DIR/train|val/...")
     parser.add_argument("--out", required=True, help="folder for model.safetensors and model.json")
     parser.add_argument("--strategy", choices=STRATEGIES, default="lpft")

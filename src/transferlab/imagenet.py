@@ -74,7 +74,7 @@ def resolve_weights(name: str, weights: str | WeightsEnum = "DEFAULT") -> Weight
             raise ValueError(f"{weights} are not weights of {name!r}; use one of {[str(w) for w in enum]}.")
         return weights
     if weights == "DEFAULT":
-        return enum.DEFAULT
+        return enum["DEFAULT"]
     try:
         return enum[weights]
     except KeyError:

@@ -26,10 +26,11 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
+from timm.models import EfficientNet
 from torch import nn
 from torchvision.models import EfficientNet_B0_Weights, Weights, WeightsEnum
 from torchvision.transforms import InterpolationMode
@@ -276,7 +277,7 @@ class EfficientNetLite0_Weights(WeightsEnum):
 
 def efficientnet_lite0(
     weights: EfficientNetLite0_Weights | str | None = None, num_classes: int | None = None
-) -> nn.Module:
+) -> EfficientNet:
     """Build timm's ``tf_efficientnet_lite0``, optionally with the package's ImageNet weights (loaded strictly).
 
     Args:
@@ -292,13 +293,14 @@ def efficientnet_lite0(
     """
     weights = verify_weights(EfficientNetLite0_Weights, weights, "efficientnet_lite0")
     if weights is None:
-        return timm.create_model(TIMM_NAME, pretrained=False, num_classes=1000 if num_classes is None else num_classes)
+        n = 1000 if num_classes is None else num_classes
+        return cast(EfficientNet, timm.create_model(TIMM_NAME, pretrained=False, num_classes=n))
     n_categories = len(weights.meta["categories"])
     if num_classes is not None and num_classes != n_categories:
         raise ValueError(
             f"num_classes={num_classes} does not match the {n_categories} categories of {weights}; build the model "
             f"with num_classes=None, then replace its head for your task: model.reset_classifier({num_classes})"
         )
-    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=n_categories)
+    model = cast(EfficientNet, timm.create_model(TIMM_NAME, pretrained=False, num_classes=n_categories))
     load_lite0_weights(model)
     return model

@@ -7,7 +7,7 @@ import os
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -260,18 +260,18 @@ def adapt_input_conv(in_chans: int, conv: nn.Conv2d | torch.Tensor) -> nn.Conv2d
     out = nn.Conv2d(
         in_chans,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        cast(tuple[int, int], conv.kernel_size),
+        cast(tuple[int, int], conv.stride),
+        cast("str | tuple[int, int]", conv.padding),
+        cast(tuple[int, int], conv.dilation),
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
     ).to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         out.weight.copy_(new)
-        if conv.bias is not None:
+        if conv.bias is not None and out.bias is not None:
             out.bias.copy_(conv.bias)
     out.weight.requires_grad_(conv.weight.requires_grad)
-    if conv.bias is not None:
+    if conv.bias is not None and out.bias is not None:
         out.bias.requires_grad_(conv.bias.requires_grad)
     return out

@@ -121,7 +121,7 @@ def plot_confusion_matrix(
         normalize=normalize,
         ax=ax,
         colorbar=False,
-        xticks_rotation=45,
+        xticks_rotation=45,  # pyright: ignore[reportArgumentType]  (sklearn documents a float; its annotation says str)
         values_format=".2f" if normalize else "d",
     )
     fig.tight_layout()

@@ -122,7 +122,7 @@ def _metadata(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: pretrain, measure the source test accuracy, write checkpoint + metadata."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     for name, default in vars(PretrainConfig).items():
         if not name.startswith("_") and isinstance(default, (int, float)):
             parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)

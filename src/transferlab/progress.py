@@ -27,6 +27,8 @@ class tqdm(_auto_tqdm):  # lower case: a drop-in replacement for tqdm.auto.tqdm
         >>> total = sum(tqdm(range(3), disable=True))
     """
 
+    container: Any  # tqdm.notebook's widget box (tqdm.auto gives the notebook class in Jupyter)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handle = None
         if not IN_NOTEBOOK:
