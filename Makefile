@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: bench-peft bench-shift bench-unfreezing help install lock lab test unit notebooks weights benchmarks clean lint \
+.PHONY: bench-peft bench-shift bench-unfreezing help install lock lab test unit notebooks weights benchmarks clean lint typecheck \
 	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
@@ -15,13 +15,14 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 help:
 	@awk '/^## /{doc = doc substr($$0, 4) " "; next} /^[a-z0-9-]+:/{if (doc) printf "  %-22s %s\n", substr($$1, 1, length($$1) - 1), doc; doc = ""; next} /^$$/{doc = ""}' $(MAKEFILE_LIST)
 
-## Set up .venv (Python 3.11 by default: make PYTHON=/path/to/python3.12 install) with the locked versions.
+## Set up .venv (Python 3.11 by default: make PYTHON=/path/to/python3.12 install) with the locked versions: the
+## course and the maintainers' tools (the [dev] extra: ruff, basedpyright, pre-commit).
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -c constraints.txt -e ".[course]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
 ## Maintainers: rewrite constraints.txt (the lock) from what the .venv has installed, after changing a range.
@@ -50,6 +51,10 @@ unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## Type-check src/ with basedpyright (pyright's "basic" rules; settings in pyproject.toml).
+typecheck: install
+	$(BIN)/basedpyright
 
 ## Maintainers: re-execute every notebook in place, in order, each in a fresh kernel (one thread, as in `make test`).
 notebooks: install

@@ -7,16 +7,19 @@ from importlib.metadata import version
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from conftest import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 REQUIREMENTS = {
-    Requirement(req).name.lower(): Requirement(req)
-    for req in PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["course"]
+    canonicalize_name(Requirement(req).name): Requirement(req)
+    for req in PYPROJECT["project"]["dependencies"]
+    + PYPROJECT["project"]["optional-dependencies"]["course"]
+    + [r for r in PYPROJECT["project"]["optional-dependencies"]["dev"] if not r.startswith("transferlab")]
 }
 LOCK = {
-    name.lower(): pinned
+    canonicalize_name(name): pinned
     for name, pinned in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
 }
 
