@@ -122,15 +122,15 @@ bench-suite: install
 
 ## Teachers: student edition (solutions replaced by stubs, exercise outputs cleared) in build/student/.
 student: install
-	$(BIN)/python -m transferlab.editions student
+	$(BIN)/python -m coursetools.editions student
 
 ## Revision copies (fastbook's "clean" notebooks: headings and code, no prose, no outputs) in build/clean/.
 clean-notebooks: install
-	$(BIN)/python -m transferlab.editions clean
+	$(BIN)/python -m coursetools.editions clean
 
 ## Self-contained HTML handouts of the executed notebooks (images inline, map links between them) in build/handouts/.
 handouts: install
-	$(BIN)/python -m transferlab.editions handouts
+	$(BIN)/python -m coursetools.editions handouts
 
 ## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
 check-exercises: install

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from transferlab.editions import SOLUTION_TAG, build, handout_html
+from coursetools.editions import SOLUTION_TAG, build, handout_html
 
 from conftest import NOTEBOOKS, ROOT
 

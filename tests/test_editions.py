@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from transferlab.editions import (
+from coursetools.editions import (
     BEGIN,
     END,
     build,
@@ -52,7 +52,7 @@ def fixture_notebook() -> nbformat.NotebookNode:
             code("base = 3\nprint('lesson output', base)"),
             new_markdown_cell(
                 "## 1. A picture\n\nProse that the clean edition drops. Next: [the map](00_start_here.ipynb)"
-                " and [the code](../src/transferlab/editions.py)."
+                " and [the code](../coursetools/editions.py)."
             ),
             code(PNG_CELL),
             new_markdown_cell("## Exercises\n\n**Exercise 1.** Square `base`."),
@@ -267,7 +267,7 @@ def test_handout_is_self_contained_with_images_and_links(executed, tmp_path):
     assert re.search(r'<img[^>]* src="data:image/png;base64,[A-Za-z0-9+/=\s]{40,}"', html)
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"https?:|<img[^>]+src=\"(?!data:)", html)
     assert 'href="00_start_here.html"' in html
-    assert 'href="../../src/transferlab/editions.py"' in html  # still reaches the file from build/handouts/
+    assert 'href="../../coursetools/editions.py"' in html  # still reaches the file from build/handouts/
     assert "lesson output 3" in html and "99 · Fixture" in html
 
 

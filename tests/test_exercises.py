@@ -6,7 +6,7 @@ self-check fails with its message, on the stub and on each deliberately wrong an
 import nbformat
 import pytest
 
-from transferlab.editions import build, execute, stub_run_problems, with_wrong_answers
+from coursetools.editions import build, execute, stub_run_problems, with_wrong_answers
 
 from conftest import NOTEBOOKS
 

@@ -7,7 +7,7 @@ from urllib.parse import unquote
 import nbformat
 import pytest
 
-from transferlab.editions import format_problems
+from coursetools.editions import format_problems
 
 from conftest import NOTEBOOKS, ROOT
 

@@ -4,7 +4,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from transferlab.editions import execute
+from coursetools.editions import execute
 from transferlab.progress import tqdm
 
 WIDGET = "application/vnd.jupyter.widget-view+json"

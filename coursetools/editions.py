@@ -8,7 +8,7 @@
 - **handout**: one self-contained HTML file per executed notebook (images inline, no scripts), links
   between notebooks pointing to the other handouts.
 
-Run ``python -m transferlab.editions student|clean|handouts [--out DIR]`` from the repository root
+Run ``python -m coursetools.editions student|clean|handouts [--out DIR]`` from the repository root
 (``make student``, ``make clean-notebooks``, ``make handouts``).
 """
 
@@ -491,7 +491,7 @@ def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m transferlab.editions", description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coursetools.editions", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("edition", choices=["student", "clean", "handouts"])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--out", type=Path, help="default: build/<edition>")
