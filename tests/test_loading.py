@@ -279,3 +279,20 @@ def test_a_missing_num_batches_tracked_is_not_a_missing_tensor():
     report = load_matching(model, source, strict=True)
     assert report.complete and report.filled_in == ["num_batches_tracked"] and report.missing == []
     assert torch.equal(model.running_var, torch.full((4,), 2.0))
+
+
+def test_exclude_names_whole_modules_not_string_prefixes():
+    """``exclude="layer1"`` skips layer1 and nothing else; a plain string is one name, not its letters."""
+    source = {"layer1.0.weight": torch.ones(1, 1), "layer10.0.weight": torch.ones(1, 1), "fc.bias": torch.ones(1)}
+    model = nn.Module()
+    model.layer1 = nn.Sequential(nn.Linear(1, 1, bias=False))
+    model.layer10 = nn.Sequential(nn.Linear(1, 1, bias=False))
+    model.fc = nn.Linear(1, 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    report = load_matching(model, source, exclude="layer1")
+    assert report.excluded == ["layer1.0.weight"]
+    assert model.layer10[0].weight.item() == 1.0 and model.layer1[0].weight.item() == 0.0
+    assert "fc.bias" in report.loaded and report.missing == ["fc.weight"]
+    assert load_matching(model, source, exclude=("layer1.",)).excluded == ["layer1.0.weight"]

@@ -128,12 +128,19 @@ class LoadReport:
         )
 
 
+def _excluded(key: str, exclude: Sequence[str]) -> bool:
+    """Whether ``key`` lies in one of the modules named by ``exclude``, at a module boundary: ``"layer1"`` and
+    ``"layer1."`` both name ``layer1.0.conv1.weight`` but not ``layer10.0.conv1.weight``."""
+    return any(key == p.rstrip(".") or key.startswith(p if p.endswith(".") else p + ".") for p in exclude)
+
+
 def _match(
     model_sd: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor], exclude: Sequence[str]
 ) -> LoadReport:
     report = LoadReport()
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # "fc." is one name, not three letters
     for key, target in model_sd.items():
-        if key.startswith(tuple(exclude)):
+        if _excluded(key, exclude):
             report.excluded.append(key)
         elif key not in source and key.rsplit(".", 1)[-1] == FILLED_IN_BUFFER:
             report.filled_in.append(key)
@@ -143,7 +150,7 @@ def _match(
             report.shape_mismatched[key] = (_shape(source[key]), _shape(target))
         else:
             report.loaded.append(key)
-    report.unexpected = [k for k in source if k not in model_sd and not k.startswith(tuple(exclude))]
+    report.unexpected = [k for k in source if k not in model_sd and not _excluded(k, exclude)]
     return report
 
 
@@ -169,7 +176,8 @@ def load_matching(
         source: a state_dict, a checkpoint dict nesting one (``state_dict``/``model_state_dict``/``model``),
             a path to a checkpoint file (read with ``weights_only=True``), or another model.
         strict: raise instead of loading in part.
-        exclude: key prefixes not to load on purpose, e.g. ``("fc.",)`` for a head you replaced.
+        exclude: modules not to load on purpose, by name, e.g. ``("fc",)`` (or ``"fc"``) for a head you replaced;
+            a name covers that module and everything inside it (``"layer1"`` is not ``layer10``).
         clean: strip ``module.``/``_orig_mod.`` prefixes from the source keys first.
     Returns:
         a :class:`LoadReport`.
