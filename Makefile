@@ -178,8 +178,8 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 ## Notebook 09's grid, Yosinski et al. (2014) at small scale, JOBS processes of 1 thread (src/transferlab/results/transferability.*).
-## The numbers do not depend on JOBS (every run seeds itself); the committed results ran with JOBS=1 (2,131 s).
-JOBS ?= 2
+## A fair grid (same data and budget for donors and every run, a convergence check, 2,600 test images; notebook 09).
+JOBS ?= 1
 .PHONY: transferability
 transferability: install
 	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs $(JOBS)
