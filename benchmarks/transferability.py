@@ -43,8 +43,6 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from provenance import RESULTS, csv_header, run_info, run_started  # noqa: E402
-
 from transferlab.data import SOURCE_CLASSES  # noqa: E402
 from transferlab.transferability import (  # noqa: E402
     DIFFICULTY,
@@ -62,6 +60,8 @@ from transferlab.transferability import (  # noqa: E402
     task_data,
     transfer_model,
 )
+
+from provenance import RESULTS, csv_header, run_info, run_started  # noqa: E402
 
 VARIANTS = ("BnB", "AnB", "BnB+", "AnB+")
 
@@ -133,8 +133,11 @@ def run_point(
         "cpu_seconds": round(time.process_time() - cpu, 2),
         "load_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"{split:10s} {variant:8s} n={n} seed={seed} acc={row['acc']:.4f} ({row['seconds']} s, cpu {row['cpu_seconds']} s)",
-          flush=True)
+    print(
+        f"{split:10s} {variant:8s} n={n} seed={seed} acc={row['acc']:.4f} "
+        f"({row['seconds']} s, cpu {row['cpu_seconds']} s)",
+        flush=True,
+    )
     return row, model
 
 
@@ -158,8 +161,14 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["seed"] != 0:
             cells.setdefault((r["split"], r["variant"], r["n"]), []).append(r["acc"])
     return [
-        {"split": sp, "variant": v, "n": n, "mean": round(statistics.mean(a), 4),
-         "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"), "seeds": len(a)}
+        {
+            "split": sp,
+            "variant": v,
+            "n": n,
+            "mean": round(statistics.mean(a), 4),
+            "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"),
+            "seeds": len(a),
+        }
         for (sp, v, n), a in cells.items()
     ]
 
@@ -172,10 +181,20 @@ def main(argv: list[str] | None = None) -> None:
     path = os.path.join(args.results_dir, args.name + ".json")
     result: dict[str, Any] = {
         "design": {
-            "widths": WIDTHS, "image_side": 16, "difficulty": DIFFICULTY, "train_per_class": TRAIN_PER_CLASS,
-            "test_per_class": TEST_PER_CLASS, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-            "seeds": args.seeds, "seeds_tuned": args.seeds_tuned, "depths": args.depths, "tuned_depths": args.tuned_depths,
-            "dissimilar_depths": args.dissimilar_depths, "stages": STAGES,
+            "widths": WIDTHS,
+            "image_side": 16,
+            "difficulty": DIFFICULTY,
+            "train_per_class": TRAIN_PER_CLASS,
+            "test_per_class": TEST_PER_CLASS,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seeds": args.seeds,
+            "seeds_tuned": args.seeds_tuned,
+            "depths": args.depths,
+            "tuned_depths": args.tuned_depths,
+            "dissimilar_depths": args.dissimilar_depths,
+            "stages": STAGES,
         },
         "splits": {name: {"A": a, "B": b} for name, (a, b) in splits.items()},
         "complete": False,
@@ -187,8 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     for split, variant, n, seed in plan(args):
         if split not in datas:
             a, b = splits[split]
-            datas[split] = {"A": a, "B": b, "Atrain": task_data(a), "Btrain": task_data(b), "Atest": task_data(a, "test"),
-                            "Btest": task_data(b, "test")}
+            datas[split] = {
+                "A": a,
+                "B": b,
+                "Atrain": task_data(a),
+                "Btrain": task_data(b),
+                "Atest": task_data(a, "test"),
+                "Btest": task_data(b, "test"),
+            }
         row, model = run_point(split, variant, n, seed, datas[split], donors[split], args)
         if seed == 0:
             donors[split][variant[-1]] = model

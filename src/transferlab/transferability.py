@@ -30,9 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from transferlab.data import SOURCE_CLASSES, render_scenes, source_batch, source_dataset, source_glyphs
 from transferlab.freeze import freeze, freeze_bn
@@ -326,7 +325,9 @@ def _class_scenes(char: str, split: str, per_class: int) -> torch.Tensor:
     return _normalise(images)
 
 
-def task_data(classes: Sequence[str], split: str = "train", per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def task_data(
+    classes: Sequence[str], split: str = "train", per_class: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid's fixed data of a half: ``(images [N, 3, 16, 16] normalised, labels [N])``, labels index ``classes``.
 
     ``"train"``: ``TRAIN_PER_CLASS`` scenes per letter drawn from the train renderings; ``"test"``: one scene for
@@ -390,7 +391,9 @@ def fit(model: TinyResNet, images: torch.Tensor, labels: torch.Tensor, cfg: FitC
         >>> _ = fit(scratch_model(2, 0), x, y, FitConfig(epochs=1))
     """
     if frozen:
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] in stage_modules(frozen)]
+        trainable = [
+            n for n, p in model.named_parameters() if p.requires_grad and n.split(".")[0] in stage_modules(frozen)
+        ]
         if trainable:
             raise ValueError(f"frozen={frozen} but these parameters of the first stages train: {trainable[:3]}")
     params = [p for p in model.parameters() if p.requires_grad]
