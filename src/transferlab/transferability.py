@@ -13,6 +13,14 @@ Base networks ``baseA`` and ``baseB`` are trained from scratch on their half wit
 "Frozen" means frozen completely: ``requires_grad=False`` *and* the BatchNorm running statistics of the copied
 stages kept (:func:`transferlab.freeze.freeze_bn`), so a frozen stage computes exactly what it computed in the donor.
 
+Notebook 09's grid (``benchmarks/transferability.py``) is built from the functions below the streaming recipe:
+fixed finite data per half (:func:`task_data`: 16x16 scenes, ``TRAIN_PER_CLASS`` / ``TEST_PER_CLASS`` per
+letter), one recipe and budget for donors and every run (:class:`FitConfig`, :func:`fit`, which computes a frozen
+prefix once instead of every step), a narrow network (``WIDTHS``), per-image correctness (:func:`correct`,
+:func:`pack_correct`) and paired statistics over seeds and test images (:func:`paired_difference`).
+:func:`train_on_task` / :func:`task_stream` / :func:`task_accuracy` are the earlier streaming recipe (a fresh batch
+every step), kept for other uses.
+
 Example:
     >>> task_a, task_b = split_classes(seed=0)
     >>> len(task_a), len(task_b), set(task_a).isdisjoint(task_b)
