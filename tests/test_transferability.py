@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from transferlab.data import SOURCE_CLASSES
+from transferlab.freeze import freeze_bn
 from transferlab.models import TinyResNet
 from transferlab.pretrain import PretrainConfig, pretrain
-from transferlab.freeze import freeze_bn
 from transferlab.transferability import (
     STAGES,
     WIDTHS,
@@ -21,15 +21,15 @@ from transferlab.transferability import (
     model_widths,
     pack_correct,
     paired_difference,
-    task_data,
-    unpack_correct,
     scratch_model,
     split_classes,
     stage_modules,
     task_accuracy,
+    task_data,
     task_stream,
     train_on_task,
     transfer_model,
+    unpack_correct,
     variant_name,
 )
 
