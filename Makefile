@@ -182,9 +182,9 @@ clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-## Notebook 09's grid, Yosinski et al. (2014) at small scale, JOBS processes of 1 thread (src/transferlab/results/transferability.*).
-## The numbers do not depend on JOBS (every run seeds itself); the committed results ran with JOBS=1 (2,131 s).
-JOBS ?= 2
+## Notebook 09's grid, Yosinski et al. (2014) at small scale, one process of 1 thread (src/transferlab/results/transferability.*).
+## A fair grid (same data and budget for donors and every run, a convergence check, 2,600 test images): 706 s of CPU, 2,769 s wall at load ~7 (2026-12-03).
+JOBS ?= 1
 .PHONY: transferability
 transferability: install
 	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs $(JOBS)

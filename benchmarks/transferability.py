@@ -1,33 +1,31 @@
 """How transferable are features? The grid of Yosinski et al. (2014) at small scale (a benchmark, not a test).
 
-The 52 source letters are split into halves A and B (``split_classes(seed=0)``). Two *donors* are pretrained from
-scratch with the course's recipe (``transferability.train_on_task`` = ``transferlab.pretrain``'s loop, seed 0,
-``--donor-steps`` x ``--donor-batch-size``): baseA on A, baseB on B. Then on task B, with the SAME recipe and the
-same, shorter budget (``--steps`` x ``--batch-size``) for every run:
+A fair version of the paper's experiment, affordable on one CPU thread:
 
-* ``baseB``              a fresh TinyResNet trained on B (n = 0: nothing transferred);
-* ``BnB`` / ``BnB+``     the first n stages copied from the baseB donor, frozen / fine-tuned, the rest re-initialised;
-* ``AnB`` / ``AnB+``     the same from the baseA donor;
-
-for n = 1..5 stages (stem, layer1 .. layer4) and seeds 1..3 (the seed draws the re-initialised layers and the
-stream of training scenes; all runs with one seed see the same scenes). Accuracy: the fixed source test scenes
-of task B (30 held-out renderings per letter, 780 images).
-
-Notebook 09 cannot retrain a donor at this budget within its time limit, so it re-runs two points (AnB and AnB+ at
-n = 4) live at a much smaller budget (``--live-*``). This script runs those two points at that small budget too, for
-every seed, from a donor with the small budget (the ``live`` entry of the results): the notebook compares its live
-run with them.
+* **Same data, same budget for everyone.** Each half (A, B: ``split_classes(seed=0)``, 26 letters each) has fixed
+  finite data, ``TRAIN_PER_CLASS`` scenes per letter (``transferability.task_data``). The donors baseA and baseB
+  (seed 0) and every network trained on B get the same recipe and budget (``FitConfig``: ``--epochs`` passes).
+* **Trained to a plateau.** baseB is also trained at twice the budget (``baseB2x``, seeds 1..``--seeds-tuned``):
+  the convergence check (it should gain under one point) and the same-total-compute control for AnB+ (the donor's
+  epochs on A plus the fine-tuning epochs on B equal baseB2x's epochs).
+* **A test set that resolves two points.** ``TEST_PER_CLASS`` held-out scenes per letter (2,600 for B: binomial
+  SE <= 0.01); every run stores its per-image correctness, so notebook 09 computes paired differences over seeds
+  (ddof = 1) and a bootstrap over test images.
+* **Cheap where it can be.** A narrow TinyResNet (``WIDTHS``) on 16x16 scenes; frozen prefixes computed once
+  (``transferability.fit(..., frozen=n)``). Frozen variants (AnB, BnB) run ``--seeds`` seeds (their differences are
+  small), fine-tuned ones ``--seeds-tuned`` at ``--tuned-depths``.
+* **A dissimilar split** (notebook 09's exercise 2): ``case_split()``, each letter with its other case, a..m in A
+  and n..z in B; donors and the frozen AnB/BnB at ``--dissimilar-depths``.
 
 Usage (from the repository root; ``make transferability``)::
 
-    PYTHONPATH=src python benchmarks/transferability.py --jobs 2  # 2 processes, 1 thread each (make transferability)
-    PYTHONPATH=src python benchmarks/transferability.py --donor-steps 3 --steps 2 --seeds 2 --depths 1 5 \
-        --results-dir /tmp                                       # smoke test
+    PYTHONPATH=src python benchmarks/transferability.py --jobs 1
+    PYTHONPATH=src python benchmarks/transferability.py --epochs 1 --seeds 2 --seeds-tuned 2 --depths 1 5 \
+        --dissimilar-depths 5 --name smoke --results-dir /tmp                    # smoke test
 
-The results file (``src/transferlab/results/<name>.json``, rewritten atomically after every run, so a partial grid is
-readable) records the command line, the git commit, the thread count per process, the number of processes and
-``os.getloadavg()`` at start and end (and the wall and CPU seconds and the 1-minute load of every run);
-``<name>.csv`` holds mean and std per cell once the grid is complete.
+Writes ``src/transferlab/results/<name>.json`` (atomically after every run, so a partial grid is readable; the
+provenance of ``benchmarks/provenance.py``: command, commit, threads, load) and ``<name>.csv`` (mean and std per
+cell) once complete.
 """
 
 from __future__ import annotations
@@ -35,84 +33,55 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import torch
 
-from transferlab.data import SOURCE_CLASSES
-from transferlab.pretrain import PretrainConfig
-from transferlab.transferability import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from transferlab.data import SOURCE_CLASSES  # noqa: E402
+from transferlab.transferability import (  # noqa: E402
+    DIFFICULTY,
     STAGES,
+    TEST_PER_CLASS,
+    TRAIN_PER_CLASS,
+    WIDTHS,
+    FitConfig,
+    case_split,
+    correct,
+    fit,
+    pack_correct,
     scratch_model,
     split_classes,
-    task_accuracy,
-    task_stream,
-    train_on_task,
+    task_data,
     transfer_model,
 )
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "transferlab", "results")
-VARIANTS = ("BnB", "BnB+", "AnB", "AnB+")
+from provenance import RESULTS, csv_header, run_info, run_started  # noqa: E402
+
+VARIANTS = ("BnB", "AnB", "BnB+", "AnB+")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--donor-steps", type=int, default=400, help="optimisation steps of the donors baseA, baseB")
-    p.add_argument("--donor-batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=120, help="optimisation steps of every run on task B")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=PretrainConfig.lr)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 1..SEEDS per cell (0 is the donors')")
+    p.add_argument("--epochs", type=int, default=FitConfig.epochs, help="budget of every run (donors included)")
+    p.add_argument("--batch-size", type=int, default=FitConfig.batch_size)
+    p.add_argument("--lr", type=float, default=FitConfig.lr)
+    p.add_argument("--seeds", type=int, default=5, help="seeds 1..SEEDS for baseB and the frozen AnB, BnB")
+    p.add_argument("--seeds-tuned", type=int, default=3, help="seeds 1..N for AnB+, BnB+ and baseB2x")
     p.add_argument("--depths", type=int, nargs="+", default=list(range(1, len(STAGES) + 1)))
+    p.add_argument("--tuned-depths", type=int, nargs="+", default=[1, 3, 5], help="depths of AnB+ and BnB+")
+    p.add_argument("--dissimilar-depths", type=int, nargs="+", default=[3, 4, 5])
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument(
-        "--live-donor-steps",
-        type=int,
-        default=30,
-        help="the small budget notebook 09 re-runs live: its baseA donor's steps (batch --live-batch-size)",
-    )
-    p.add_argument("--live-steps", type=int, default=15, help="the live re-run's steps for each point on B")
-    p.add_argument("--live-batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
-    p.add_argument("--jobs", type=int, default=2, help="worker processes (donors, then seed x depth jobs, in parallel)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--jobs", type=int, default=1, help="kept for the Makefile; the grid runs in one process")
     p.add_argument("--name", default="transferability")
-    p.add_argument("--results-dir", default=RESULTS_DIR)
+    p.add_argument("--results-dir", default=str(RESULTS))
     return p.parse_args(argv)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _config(args: argparse.Namespace, seed: int, donor: bool = False) -> PretrainConfig:
-    if donor:
-        return PretrainConfig(steps=args.donor_steps, batch_size=args.donor_batch_size, lr=args.lr, seed=seed)
-    return PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed)
 
 
 def _write(result: dict[str, Any], path: str) -> None:
@@ -120,7 +89,7 @@ def _write(result: dict[str, Any], path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+            json.dump(result, f, indent=0)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -128,165 +97,139 @@ def _write(result: dict[str, Any], path: str) -> None:
         raise
 
 
-def _row(variant: str, n: int | None, seed: int, acc: float, start: float, cpu_start: float) -> dict[str, Any]:
+def run_point(
+    split: str,
+    variant: str,
+    n: int,
+    seed: int,
+    data: dict[str, Any],
+    donors: dict[str, torch.nn.Module],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Train one network on B (or a donor) and score it on B's test scenes (A's for baseA)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    epochs = args.epochs * (2 if variant == "baseB2x" else 1)
+    cfg = FitConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed)
+    half = "A" if variant == "baseA" else "B"
+    x, y = data[half + "train"]
+    frozen = 0
+    if variant in ("baseA", "baseB", "baseB2x"):
+        model = scratch_model(len(data[half]), seed)
+    else:
+        tuned = variant.endswith("+")
+        model = transfer_model(donors[variant[0]], n, len(data["B"]), fine_tune=tuned, seed=seed)
+        frozen = 0 if tuned else n
+    fit(model, x, y, cfg, frozen=frozen)
+    hits = correct(model, *data[half + "test"])
     row = {
+        "split": split,
         "variant": variant,
         "n": n,
         "seed": seed,
-        "acc": round(acc, 4),
+        "epochs": epochs,
+        "acc": round(float(hits.float().mean()), 5),
+        "correct": pack_correct(hits),
         "seconds": round(time.perf_counter() - start, 2),
-        "cpu_seconds": round(time.process_time() - cpu_start, 2),
-        "loadavg": round(os.getloadavg()[0], 2),
+        "cpu_seconds": round(time.process_time() - cpu, 2),
+        "load_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"{variant:12s} n={n} seed={seed} acc={acc:.4f} ({row['seconds']} s, cpu {row['cpu_seconds']} s)", flush=True)
-    return row
+    print(
+        f"{split:10s} {variant:8s} n={n} seed={seed} acc={row['acc']:.4f} "
+        f"({row['seconds']} s, cpu {row['cpu_seconds']} s)",
+        flush=True,
+    )
+    return row, model
 
 
-def donor_job(args: argparse.Namespace, name: str, task: tuple[str, ...]) -> tuple[str, dict, list[dict]]:
-    """Pretrain one donor (seed 0, the donor budget) from scratch on its half."""
-    torch.set_num_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    model = train_on_task(scratch_model(len(task), 0), task, _config(args, 0, donor=True))
-    return name, model.state_dict(), [_row(f"base{name}-donor", None, 0, task_accuracy(model, task), start, cpu_start)]
-
-
-def seed_job(
-    args: argparse.Namespace,
-    seed: int,
-    points: list[tuple[str, int]],
-    task_b: tuple[str, ...],
-    donor_states: dict[str, dict],
-) -> list[dict]:
-    """Some (variant, n) points for one seed (``("baseB", 0)``: from scratch), on that seed's stream of scenes."""
-    torch.set_num_threads(args.threads)
-    donors = {}
-    for name, state in donor_states.items():
-        donors[name] = scratch_model(state["fc.weight"].shape[0], 0)
-        donors[name].load_state_dict(state)
-    cfg = _config(args, seed)
-    stream = task_stream(task_b, cfg)
-    rows = []
-    for variant, n in points:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        if variant == "baseB":
-            model = scratch_model(len(task_b), seed)
-        else:
-            model = transfer_model(donors[variant[0]], n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
-        train_on_task(model, task_b, cfg, stream=stream)
-        rows.append(_row(variant, n or None, seed, task_accuracy(model, task_b), start, cpu_start))
-    return rows
-
-
-LIVE_POINTS = (("AnB", 4), ("AnB+", 4))  # the points notebook 09 re-runs live, at the live budget
-
-
-def live_job(args: argparse.Namespace, task_a: tuple[str, ...], task_b: tuple[str, ...]) -> dict[str, Any]:
-    """Notebook 09's live check at its small budget: a baseA donor (seed 0), then LIVE_POINTS for every seed."""
-    torch.set_num_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    donor_cfg = PretrainConfig(steps=args.live_donor_steps, batch_size=args.live_batch_size, lr=args.lr, seed=0)
-    donor = train_on_task(scratch_model(len(task_a), 0), task_a, donor_cfg)
-    rows = [_row("baseA-donor", None, 0, task_accuracy(donor, task_a), start, cpu_start)]
-    for seed in range(1, args.seeds + 1):
-        cfg = PretrainConfig(steps=args.live_steps, batch_size=args.live_batch_size, lr=args.lr, seed=seed)
-        stream = task_stream(task_b, cfg)
-        for variant, n in LIVE_POINTS:
-            start, cpu_start = time.perf_counter(), time.process_time()
-            model = transfer_model(donor, n, len(task_b), fine_tune=variant.endswith("+"), seed=seed)
-            train_on_task(model, task_b, cfg, stream=stream)
-            rows.append(_row(variant, n, seed, task_accuracy(model, task_b), start, cpu_start))
-    return {
-        "donor_steps": args.live_donor_steps,
-        "steps": args.live_steps,
-        "batch_size": args.live_batch_size,
-        "points": [list(p) for p in LIVE_POINTS],
-        "runs": rows,
-    }
-
-
-def run_grid(args, points: list[tuple[str, int]], task_a, task_b, record) -> None:
-    """Notebook 09's live check (in the background), both donors, then one job per seed and depth (and per seed
-    for baseB); ``--jobs`` worker processes (one thread each) run them in parallel. Every run seeds itself, so the
-    numbers do not depend on the grouping."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
-        live = pool.submit(live_job, args, task_a, task_b)
-        donor_states = {}
-        for name, state, rows in pool.map(donor_job, [args, args], ["A", "B"], [task_a, task_b]):
-            donor_states[name] = state
-            record(rows)
-        groups = [[("baseB", 0)]] + [[p for p in points if p[1] == n] for n in args.depths]
-        jobs = [
-            pool.submit(seed_job, args, seed, group, task_b, donor_states)
-            for seed in range(1, args.seeds + 1)
-            for group in groups
-        ]
-        for job in as_completed(jobs):
-            record(job.result())
-        record([], live=live.result())
+def plan(args: argparse.Namespace) -> list[tuple[str, str, int, int]]:
+    """(split, variant, n, seed) in the order they run: donors first, then the cells by importance."""
+    s5, s3 = range(1, args.seeds + 1), range(1, args.seeds_tuned + 1)
+    points = [("random", "baseA", 0, 0), ("random", "baseB", 0, 0)]
+    points += [("random", "baseB", 0, s) for s in s5]
+    points += [("random", v, n, s) for n in args.depths for v in ("BnB", "AnB") for s in s5]
+    points += [("random", "baseB2x", 0, s) for s in s3]
+    points += [("random", v, n, s) for n in args.tuned_depths for v in ("AnB+", "BnB+") for s in s3]
+    points += [("dissimilar", "baseA", 0, 0), ("dissimilar", "baseB", 0, 0)]
+    points += [("dissimilar", v, n, s) for n in args.dissimilar_depths for v in ("BnB", "AnB") for s in s5]
+    return points
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std (sample std over seeds) of every (variant, n) cell."""
-    cells: dict[tuple[str, int | None], list[float]] = {}
+    """Mean and std (ddof = 1) over seeds of every (split, variant, n) cell."""
+    cells: dict[tuple[str, str, int], list[float]] = {}
     for r in runs:
-        if not r["variant"].endswith("donor"):
-            cells.setdefault((r["variant"], r["n"]), []).append(r["acc"])
+        if r["seed"] != 0:
+            cells.setdefault((r["split"], r["variant"], r["n"]), []).append(r["acc"])
     return [
         {
+            "split": sp,
             "variant": v,
             "n": n,
             "mean": round(statistics.mean(a), 4),
             "std": round(statistics.stdev(a), 4) if len(a) > 1 else float("nan"),
             "seeds": len(a),
         }
-        for (v, n), a in cells.items()
+        for (sp, v, n), a in cells.items()
     ]
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    task_a, task_b = split_classes(SOURCE_CLASSES, args.split_seed)
-    grid = [(v, n) for n in args.depths for v in VARIANTS]
+    started = run_started()
+    splits = {"random": split_classes(SOURCE_CLASSES, args.split_seed), "dissimilar": case_split()}
     path = os.path.join(args.results_dir, args.name + ".json")
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/transferability.py", *(sys.argv[1:] if argv is None else argv)]),
-        "commit": _commit(),
-        "threads": args.threads,
-        "jobs": args.jobs,
-        "loadavg_start": os.getloadavg(),
-        "machine": {
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
+        "design": {
+            "widths": WIDTHS,
+            "image_side": 16,
+            "difficulty": DIFFICULTY,
+            "train_per_class": TRAIN_PER_CLASS,
+            "test_per_class": TEST_PER_CLASS,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seeds": args.seeds,
+            "seeds_tuned": args.seeds_tuned,
+            "depths": args.depths,
+            "tuned_depths": args.tuned_depths,
+            "dissimilar_depths": args.dissimilar_depths,
+            "stages": STAGES,
         },
-        "args": vars(args),
-        "task_a": task_a,
-        "task_b": task_b,
-        "stages": STAGES,
+        "splits": {name: {"A": a, "B": b} for name, (a, b) in splits.items()},
         "complete": False,
         "runs": [],
     }
+    datas: dict[str, dict[str, Any]] = {}
+    donors: dict[str, dict[str, torch.nn.Module]] = {"random": {}, "dissimilar": {}}
     t0 = time.perf_counter()
-
-    def record(rows: list[dict[str, Any]], live: dict[str, Any] | None = None) -> None:
-        if live is not None:
-            result["live"] = live
-        result["runs"].extend(rows)
-        result["runs"].sort(key=lambda r: (r["seed"], r["variant"] != "baseB", r["n"] or 0))
+    for split, variant, n, seed in plan(args):
+        if split not in datas:
+            a, b = splits[split]
+            datas[split] = {
+                "A": a,
+                "B": b,
+                "Atrain": task_data(a),
+                "Btrain": task_data(b),
+                "Atest": task_data(a, "test"),
+                "Btest": task_data(b, "test"),
+            }
+        row, model = run_point(split, variant, n, seed, datas[split], donors[split], args)
+        if seed == 0:
+            donors[split][variant[-1]] = model
+        result["runs"].append(row)
+        result["provenance"] = run_info(started)
         _write(result, path)
-        print(f"[{time.perf_counter() - t0:7.1f} s] recorded {len(result['runs'])} runs", flush=True)
-
-    run_grid(args, grid, task_a, task_b, record)
-    result.update(complete=True, seconds=round(time.perf_counter() - t0, 1), loadavg_end=os.getloadavg())
-    result["summary"] = summarise(result["runs"])
+        print(f"[{time.perf_counter() - t0:7.1f} s] {len(result['runs'])} runs recorded", flush=True)
+    result.update(complete=True, summary=summarise(result["runs"]), provenance=run_info(started))
+    result["cpu_seconds"] = round(sum(r["cpu_seconds"] for r in result["runs"]), 1)
     _write(result, path)
     with open(os.path.join(args.results_dir, args.name + ".csv"), "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["variant", "n", "mean", "std", "seeds"])
+        f.write(csv_header(result["provenance"]))
+        writer = csv.DictWriter(f, fieldnames=["split", "variant", "n", "mean", "std", "seeds"])
         writer.writeheader()
         writer.writerows(result["summary"])
-    print(f"done in {result['seconds']} s; wrote {path} and .csv")
+    print(f"done in {result['provenance']['wall_seconds']} s (cpu {result['cpu_seconds']} s); wrote {path} and .csv")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,35 @@
 """Tests for transferlab.transferability: the A/B split, stage-wise transfer models, the training recipe."""
 
+import numpy as np
 import pytest
 import torch
 
 from transferlab.data import SOURCE_CLASSES
+from transferlab.freeze import freeze_bn
 from transferlab.models import TinyResNet
 from transferlab.pretrain import PretrainConfig, pretrain
 from transferlab.transferability import (
     STAGES,
+    WIDTHS,
+    FitConfig,
+    case_split,
     check_split,
+    correct,
+    features,
+    fit,
+    head_from,
+    model_widths,
+    pack_correct,
+    paired_difference,
     scratch_model,
     split_classes,
     stage_modules,
     task_accuracy,
+    task_data,
     task_stream,
     train_on_task,
     transfer_model,
+    unpack_correct,
     variant_name,
 )
 
@@ -72,7 +86,7 @@ def test_scratch_model_is_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     torch.manual_seed(0)  # plain PyTorch: the same init as seeding the global RNG, then building the model
-    plain = TinyResNet(num_classes=5)
+    plain = TinyResNet(num_classes=5, widths=WIDTHS)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), plain.state_dict().values(), strict=True))
 
 
@@ -105,17 +119,19 @@ def test_frozen_stages_keep_their_batchnorm_statistics_and_weights_in_training()
     assert not torch.equal(tuned.bn1.running_mean, donor.bn1.running_mean)
 
 
-def test_donor_must_be_a_tiny_resnet_of_the_default_widths():
+def test_donor_must_be_a_tiny_resnet_and_its_widths_are_kept():
     with pytest.raises(TypeError, match="donor must be a TinyResNet"):
         transfer_model(torch.nn.Linear(2, 2), 1, num_classes=2, fine_tune=False, seed=0)
-    with pytest.raises(ValueError, match="does not fit a default TinyResNet"):
-        transfer_model(TinyResNet(num_classes=2, widths=(8, 16, 32, 64)), 1, num_classes=2, fine_tune=False, seed=0)
+    wide = TinyResNet(num_classes=2, widths=(32, 64, 128, 256))
+    model = transfer_model(wide, 2, num_classes=3, fine_tune=False, seed=0)
+    assert model_widths(model) == (32, 64, 128, 256) and model_widths(scratch_model(2, 0)) == WIDTHS
+    assert torch.equal(model.layer1[0].conv1.weight, wide.layer1[0].conv1.weight)
 
 
 def test_train_on_task_on_a_scratch_model_is_exactly_pretrain():
     classes = ("A", "b", "C")
     cfg = PretrainConfig(steps=3, batch_size=8, seed=5)
-    ours = train_on_task(scratch_model(3, seed=5), classes, cfg)
+    ours = train_on_task(scratch_model(3, seed=5, widths=(32, 64, 128, 256)), classes, cfg)
     reference = pretrain(cfg, classes, log_every=0)
     for key, value in reference.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
@@ -150,3 +166,102 @@ def test_task_accuracy_matches_plain_pytorch_and_restores_the_mode():
     assert model.training
     assert acc == pytest.approx(source_accuracy(model.eval(), classes))
     assert len(source_dataset("test", classes=classes)) == 60
+
+
+# ------------------------------------------------------------------------------------ the fair grid's pieces
+def test_case_split_keeps_each_letter_with_its_other_case():
+    a, b = case_split()
+    check_split(a, b)
+    assert len(a) == len(b) == 26 and all(c.swapcase() in a for c in a) and all(c.swapcase() in b for c in b)
+    assert "m" in a and "n" in b
+
+
+def test_task_data_is_fixed_and_the_same_images_per_letter_in_any_split():
+    x, y = task_data(("A", "b"), "test", per_class=5)
+    x2, y2 = task_data(("b", "C"), "test", per_class=5)
+    assert x.shape == (10, 3, 16, 16) and y.tolist() == [0] * 5 + [1] * 5
+    assert torch.equal(x[5:], x2[:5]) and y2.tolist() == [0] * 5 + [1] * 5  # the same b's, relabelled
+    train, _ = task_data(("A",), "train", per_class=5)
+    assert not torch.equal(train, x[:5])
+    with pytest.raises(ValueError, match="split must be"):
+        task_data(("A",), "val")
+    with pytest.raises(ValueError, match="unknown"):
+        task_data(("7",))
+
+
+@pytest.mark.parametrize("n", range(0, len(STAGES) + 1))
+def test_features_then_head_is_the_forward_pass(n):
+    model = scratch_model(4, 0).eval()
+    x, _ = task_data(("A", "B"), "test", per_class=3)
+    assert torch.allclose(head_from(model, features(model, x, n), n), model(x), atol=1e-5)
+
+
+def _plain_fit(model, x, y, cfg):
+    """The same training in plain PyTorch: the whole model runs every step (frozen BatchNorm kept in eval)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps = -(-len(y) // cfg.batch_size)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    loss_fn, g = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for s in range(steps):
+            i = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            loss = loss_fn(model(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("n, tuned", [(0, False), (2, False), (4, False), (2, True)])
+def test_fit_with_a_cached_frozen_prefix_is_plain_training(n, tuned):
+    x, y = task_data(("A", "B", "C"), per_class=12)
+    cfg = FitConfig(epochs=2, batch_size=16, seed=3)
+    donor = scratch_model(3, 9)
+    if n:
+        ours, plain = (transfer_model(donor, n, 3, fine_tune=tuned, seed=1) for _ in range(2))
+    else:
+        ours, plain = scratch_model(3, 1), scratch_model(3, 1)
+    fit(ours, x, y, cfg, frozen=0 if tuned else n)
+    _plain_fit(plain, x, y, cfg)
+    for key, value in plain.state_dict().items():
+        assert torch.allclose(ours.state_dict()[key].float(), value.float(), atol=1e-4), key
+    if n and not tuned:
+        assert torch.equal(ours.layer1[0].bn1.running_mean, donor.layer1[0].bn1.running_mean) or n < 2
+
+
+def test_fit_refuses_a_prefix_that_is_not_frozen_and_empty_data():
+    x, y = task_data(("A", "B"), per_class=4)
+    tuned = transfer_model(scratch_model(2, 0), 2, 2, fine_tune=True, seed=1)
+    with pytest.raises(ValueError, match="frozen=2 but these parameters"):
+        fit(tuned, x, y, FitConfig(epochs=1), frozen=2)
+    with pytest.raises(ValueError, match="as many labels as images"):
+        fit(scratch_model(2, 0), x, y[:3], FitConfig(epochs=1))
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(freeze_bn(scratch_model(2, 0).requires_grad_(False)), x, y, FitConfig(epochs=1))
+
+
+def test_correct_and_its_packing_round_trip():
+    model = scratch_model(2, 0)
+    x, y = task_data(("A", "B"), "test", per_class=7)
+    hits = correct(model, x, y)
+    assert hits.dtype == torch.bool and hits.shape == (14,)
+    assert hits.tolist() == (model.eval()(x).argmax(1) == y).tolist()
+    assert unpack_correct(pack_correct(hits), 14).tolist() == hits.tolist()
+
+
+def test_paired_difference_matches_a_hand_computation():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 400)) < 0.6, rng.random((3, 400)) < 0.5
+    out = paired_difference(a, b, n_boot=2000)
+    per_seed = a.mean(1) - b.mean(1)
+    assert out["diff"] == pytest.approx(per_seed.mean())
+    assert out["se_seeds"] == pytest.approx(per_seed.std(ddof=1) / np.sqrt(3))
+    assert out["se_images"] == pytest.approx(np.sqrt(((a - 0.0) - b).mean(0).var(ddof=1) / 400), rel=0.15)
+    assert out["se"] == pytest.approx(np.hypot(out["se_seeds"], out["se_images"]))
+    assert paired_difference(a, a)["diff"] == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        paired_difference(a[:1], b[:1])
