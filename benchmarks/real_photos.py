@@ -27,8 +27,8 @@ unlabelled pool scenes), the course's letters TinyResNet (32 px, last layer), pi
 Part ``finetune``. The same digits target at k = 5: Lite0 (ImageNet, 96 px) fine-tuned end to end against a linear
 head on its frozen last-layer features, both trained with ``train_steps`` (AdamW, the same steps and batch, full
 batch of the 50 labelled scenes), each arm's learning rate picked from the same grid on a validation set (10 scenes
-per class from the training pool, none of the 50), 3 seeds; a convergence check re-runs seed 0 at twice the steps
-(each arm at its chosen learning rate).
+per class from the training pool, none of the 50), 3 seeds, scored after 12, 24 and 48 steps of one run (the
+convergence check: each budget against twice it, same seeds; the lr is picked on validation at every budget).
 
 Usage (repository root, one thread)::
 
@@ -225,43 +225,65 @@ def validation_scenes(train, per_class: int, seed: int):
     return pool.images[keep], pool.labels[keep]
 
 
+def scorer(model: nn.Module, budgets: list[int], val: tuple, test: tuple, record: dict, label: str):
+    """An ``on_step`` callback for ``train_steps``: after each step in ``budgets``, the model's val and test accuracy
+    (and the step's loss and the CPU time so far) go into ``record[step]``; ``evaluate`` restores train mode."""
+    start = time.process_time()
+
+    def on_step(step: int, loss: float) -> None:
+        if step + 1 in budgets:
+            record[step + 1] = {
+                "val": evaluate(model, [val])[1],
+                "test": evaluate(model, DataLoader(TensorDataset(*test), batch_size=100))[1],
+                "loss": loss,
+                "cpu": time.process_time() - start,
+            }
+            print(f"{label} steps={step + 1}: {record[step + 1]}", flush=True)
+
+    return on_step
+
+
 def part_finetune(args) -> list[dict]:
+    """Fine-tune vs frozen head, scored at every budget of ``--ft-budgets`` along one run per arm, seed and lr.
+
+    ``train_steps`` with a constant learning rate draws the same batches whatever the total, so the model after B
+    steps of a 2B-step run is the model of a B-step run: one run of the largest budget gives every smaller one
+    (the convergence check: budget B against 2B, same seeds). At every budget each arm's lr is picked on the
+    validation scenes, never on the test set.
+    """
     test = target_dataset("test")
     test_x, test_y = test.images[: args.digit_test], test.labels[: args.digit_test]
     frozen = lite0(EfficientNetLite0_Weights.DEFAULT, args.size).eval()
     frozen_test = extract_features(frozen, DataLoader(TensorDataset(test_x, test_y), batch_size=64)).tensors[0]
+    budgets = sorted(args.ft_budgets)
     rows = []
     for seed in range(args.ft_seeds):
         train = target_dataset("train", k=args.ft_k, seed=seed)
         val_x, val_y = validation_scenes(train, 10, seed)
         frozen_train = extract_features(frozen, DataLoader(TensorDataset(train.images, train.labels), 64)).tensors[0]
         frozen_val = extract_features(frozen, DataLoader(TensorDataset(val_x, val_y), 64)).tensors[0]
-        budgets = [args.ft_steps] + ([2 * args.ft_steps] if seed == 0 else [])
-        chosen: dict[str, float] = {}
-        for steps in budgets:
-            for arm in ("finetune", "frozen_head"):
-                runs = []
-                # the convergence check re-runs the learning rate chosen at the normal budget only
-                for lr in LR_GRID if steps == args.ft_steps else (chosen[arm],):
+        for arm in ("finetune", "frozen_head"):
+            at: dict[float, dict[int, dict]] = {}  # lr -> budget -> scores of the model after that many steps
+            for lr in LR_GRID:
+                torch.manual_seed(seed)
+                g = torch.Generator().manual_seed(seed)
+                if arm == "finetune":
+                    model = lite0(EfficientNetLite0_Weights.DEFAULT, args.size, classes=10)
                     torch.manual_seed(seed)
-                    g = torch.Generator().manual_seed(seed)
-                    start = time.process_time()
-                    if arm == "finetune":
-                        model = lite0(EfficientNetLite0_Weights.DEFAULT, args.size, classes=10)
-                        torch.manual_seed(seed)
-                        model[2].reset_classifier(10)  # the head's init is drawn from the seed
-                        data, vx, tx = (train.images, train.labels), val_x, test_x
-                    else:
-                        model = nn.Linear(1280, 10)
-                        data, vx, tx = (frozen_train, train.labels), frozen_val, frozen_test
-                    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-                    losses = train_steps(model, data, steps, opt, batch_size=len(train), generator=g)
-                    val = evaluate(model, [(vx, val_y)])[1]
-                    runs.append((val, lr, model, losses[-1], time.process_time() - start))
-                    print(f"finetune seed={seed} steps={steps} {arm} lr={lr:g} val={val:.3f}", flush=True)
-                val, lr, model, last_loss, cpu = max(runs, key=lambda r: r[0])  # first best: the smaller lr
-                chosen.setdefault(arm, lr)
-                test_acc = evaluate(model, DataLoader(TensorDataset(tx, test_y), batch_size=100))[1]
+                    model[2].reset_classifier(10)  # the head's init is drawn from the seed
+                    data, vx, tx = (train.images, train.labels), val_x, test_x
+                else:
+                    model = nn.Linear(1280, 10)
+                    data, vx, tx = (frozen_train, train.labels), frozen_val, frozen_test
+                opt = torch.optim.AdamW(model.parameters(), lr=lr)
+                at[lr] = {}
+                score = scorer(
+                    model, budgets, (vx, val_y), (tx, test_y), at[lr], f"finetune seed={seed} {arm} lr={lr:g}"
+                )
+                train_steps(model, data, budgets[-1], opt, batch_size=len(train), generator=g, on_step=score)
+            for steps in budgets:
+                lr = max(LR_GRID, key=lambda r: at[r][steps]["val"])  # first best: the smaller lr
+                best = at[lr][steps]
                 rows.append(
                     {
                         "part": "finetune",
@@ -270,14 +292,15 @@ def part_finetune(args) -> list[dict]:
                         "k": args.ft_k,
                         "steps": steps,
                         "lr": lr,
-                        "val_accuracy": val,
-                        "accuracy": test_acc,
-                        "final_train_loss": last_loss,
-                        "val_by_lr": {str(r[1]): r[0] for r in runs},
-                        "cpu_seconds": cpu,
+                        "val_accuracy": best["val"],
+                        "accuracy": best["test"],
+                        "final_train_loss": best["loss"],
+                        "val_by_lr": {str(r): at[r][steps]["val"] for r in LR_GRID},
+                        "test_by_lr": {str(r): at[r][steps]["test"] for r in LR_GRID},
+                        "cpu_seconds": best["cpu"],
                     }
                 )
-                print(f"finetune seed={seed} steps={steps} {arm}: lr={lr:g} test={test_acc:.3f}", flush=True)
+                print(f"finetune seed={seed} steps={steps} {arm}: lr={lr:g} test={best['test']:.3f}", flush=True)
     return rows
 
 
@@ -300,6 +323,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                 "final_train_loss",
                 "cpu_seconds",
                 "cpu_ms_per_scene",
+                "test_by_lr",
             )
         )
         groups.setdefault(key, []).append(row["accuracy"])
@@ -398,7 +422,9 @@ def parse_args(argv=None):
     p.add_argument("--digit-test", type=int, default=500)
     p.add_argument("--ft-k", type=int, default=5)
     p.add_argument("--ft-seeds", type=int, default=3)
-    p.add_argument("--ft-steps", type=int, default=12)
+    p.add_argument(
+        "--ft-budgets", type=int, nargs="+", default=[12, 24, 48], help="steps at which both arms are scored"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--merge", nargs="+", metavar="NAME", help="merge part files (stems in results/)")
     p.add_argument("--name", default="real_photos")
