@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 __all__ = ["find_head", "replace_head"]
@@ -48,7 +50,7 @@ def find_head(model: nn.Module) -> tuple[str, nn.Module]:
     )
 
 
-def _new_head(old: nn.Module, num_classes: int, hidden: int | None, dropout: float) -> nn.Module:
+def _new_head(old: nn.Linear | nn.Conv2d, num_classes: int, hidden: int | None, dropout: float) -> nn.Module:
     """A fresh head with the old layer's input size: Linear, or a 1x1 conv for a convolutional head."""
     conv = isinstance(old, nn.Conv2d)
     in_features = old.in_channels if conv else old.in_features
@@ -89,7 +91,7 @@ def replace_head(model: nn.Module, num_classes: int, hidden: int | None = None, 
     name, old = find_head(model)
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, _new_head(old, num_classes, hidden, dropout))
+    setattr(parent, child, _new_head(cast("nn.Linear | nn.Conv2d", old), num_classes, hidden, dropout))
     if hasattr(model, "num_classes"):  # SqueezeNet keeps it and uses it nowhere else; keep it truthful
-        model.num_classes = num_classes
+        vars(model)["num_classes"] = num_classes  # a plain attribute, not a parameter or a submodule
     return model

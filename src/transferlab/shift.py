@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ def apply_shift(images: Tensor, shift: str) -> Tensor:
     if shift == "inverted":
         return 1 - images
     if shift == "blur+dim":
-        return DIM * gaussian_blur(images, kernel_size=5, sigma=BLUR_SIGMA)
+        return DIM * gaussian_blur(images, kernel_size=[5, 5], sigma=[BLUR_SIGMA, BLUR_SIGMA])
     return images
 
 
@@ -102,6 +103,14 @@ def _check_adaptable(model: nn.Module) -> list[_BatchNorm]:
     return [m for _, m in layers]
 
 
+def _running_stats(m: _BatchNorm) -> tuple[Tensor, Tensor, Tensor]:
+    """``running_mean``, ``running_var``, ``num_batches_tracked`` of a tracking BatchNorm (checked to exist)."""
+    stats = (m.running_mean, m.running_var, m.num_batches_tracked)
+    if any(t is None for t in stats):
+        raise ValueError(f"{m} does not track running statistics")
+    return cast(tuple[Tensor, Tensor, Tensor], stats)
+
+
 @torch.no_grad()
 def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
     """AdaBN: re-estimate every BatchNorm layer's running statistics on ``loader``'s images; weights unchanged.
@@ -118,7 +127,7 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
         >>> adapted = adapt_bn(copy.deepcopy(model), DataLoader(unlabelled_target, batch_size=256))  # doctest: +SKIP
     """
     layers = _check_adaptable(model)
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
+    saved = [(m.momentum, *(t.clone() for t in _running_stats(m))) for m in layers]
     was_training = model.training
     device = next(iter(model.buffers())).device
     model.eval()
@@ -138,10 +147,9 @@ def adapt_bn(model: nn.Module, loader: Iterable) -> nn.Module:
                 "unchanged); pass a non-empty loader of unlabelled target images"
             )
     except BaseException:  # nothing half-adapted: put the old statistics back
-        for m, (_, mean, var, count) in zip(layers, saved, strict=True):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
+        for m, (_, *old) in zip(layers, saved, strict=True):
+            for now, before in zip(_running_stats(m), old, strict=True):
+                now.copy_(before)
         raise
     finally:
         for m, (momentum, *_) in zip(layers, saved, strict=True):

@@ -134,7 +134,7 @@ def _unfreeze(model: nn.Module, names: list[str]) -> None:
 
 def build_arm(
     arm: str, body_lr: float | None, budget: Budget = Budget(), head_lr: float | None = None
-) -> tuple[nn.Module, torch.optim.Optimizer, object, Callable[[int], None]]:
+) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Callable[[int], None]]:
     """A fresh model, its optimizer, scheduler and ``on_epoch_start`` callback for ``fit``, for one arm.
 
     Args:
@@ -147,7 +147,7 @@ def build_arm(
     if body_lr is None and arm != "features":
         raise ValueError(f"arm {arm!r} trains pretrained layers: pass body_lr=...")
     head_lr = budget.head_lr if head_lr is None else head_lr
-    discriminative = {"layer4": body_lr, "layer3": None if body_lr is None else LAYER3_RATIO * body_lr}
+    discriminative: dict[str, float] = {} if body_lr is None else {"layer4": body_lr, "layer3": LAYER3_RATIO * body_lr}
     on_epoch_start: Callable[[int], None] = lambda epoch: None  # noqa: E731
     if arm in ("one-shot", "warm-up"):
         model = new_model()
@@ -169,6 +169,9 @@ def build_arm(
     else:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=budget.step_size, gamma=budget.gamma)
     if arm in ("LP-FT", "gradual"):
+        assert body_lr is not None  # checked above: only "features" runs without one
+        schedule: dict[int, list[str]]
+        lrs: dict[str, float]
         if arm == "LP-FT":
             schedule, lrs = {budget.unfreeze_at[0]: list(BODY)}, dict.fromkeys(BODY, body_lr)
         else:
@@ -176,8 +179,10 @@ def build_arm(
             lrs = discriminative
         unfreezer = GradualUnfreezer(model, optimizer, schedule, lrs=lrs)
 
-        def on_epoch_start(epoch: int) -> None:
+        def unfreeze_on_schedule(epoch: int) -> None:
             _unfreeze(model, unfreezer(epoch))
+
+        on_epoch_start = unfreeze_on_schedule
 
     return model, optimizer, scheduler, on_epoch_start
 
