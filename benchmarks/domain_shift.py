@@ -45,7 +45,7 @@ from transferlab.shift import SHIFTS, adapt_bn, shifted_target
 from transferlab.training import train_steps
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from provenance import RESULTS, run_info, run_started  # noqa: E402
+from provenance import RESULTS, run_info, run_started
 
 WEIGHTS = TinyResNet_Weights.DEFAULT
 PREPROCESS = WEIGHTS.transforms()

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "src" / "transferlab" / "results"  # package data: notebooks read it through transferlab.results
 
-__all__ = ["ROOT", "RESULTS", "run_started", "run_info", "csv_header"]
+__all__ = ["RESULTS", "ROOT", "csv_header", "run_info", "run_started"]
 
 
 def _git(*args: str) -> str:

@@ -43,8 +43,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from transferlab.data import SOURCE_CLASSES  # noqa: E402
-from transferlab.transferability import (  # noqa: E402
+from transferlab.data import SOURCE_CLASSES
+from transferlab.transferability import (
     DIFFICULTY,
     STAGES,
     TEST_PER_CLASS,
@@ -61,7 +61,7 @@ from transferlab.transferability import (  # noqa: E402
     transfer_model,
 )
 
-from provenance import RESULTS, csv_header, run_info, run_started  # noqa: E402
+from provenance import RESULTS, csv_header, run_info, run_started
 
 VARIANTS = ("BnB", "AnB", "BnB+", "AnB+")
 

@@ -274,7 +274,7 @@ def _errors_in(nb: nbformat.NotebookNode) -> list[str]:
             found += [f"cell {i}: {o.ename}: {o.evalue}" for o in errors]
         if cell.execution_count is None:
             found.append(f"cell {i} never ran")
-    return found + ["no exercise found"]
+    return [*found, "no exercise found"]
 
 
 def _toasts(page) -> list[str]:

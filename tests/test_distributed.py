@@ -175,7 +175,7 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
         str(out),
     ]
     start = time.monotonic()
-    [(rc, stdout, stderr)] = _run([cmd], str(out), [_env(TRANSFERLAB_FAIL_AT="1:2")])
+    [(rc, _stdout, stderr)] = _run([cmd], str(out), [_env(TRANSFERLAB_FAIL_AT="1:2")])
     assert rc != 0, "the job should fail"
     assert "rank 1: injected failure at step 2" in stderr, stderr
     root_cause = stderr.split("Root Cause", 1)[-1]
@@ -426,7 +426,7 @@ def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one
         },
         snapshot,
     )
-    with pytest.raises(ValueError, match="another job .*steps: 15 there, 8 here"):
+    with pytest.raises(ValueError, match=r"another job .*steps: 15 there, 8 here"):
         distributed.load_snapshot(snapshot, model, optimizer, args)
     torch.save(
         {

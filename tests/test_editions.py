@@ -119,7 +119,7 @@ def test_exercise_cells_need_a_self_check_after_each_solution():
     nb = fixture_notebook()
     assert exercise_cells(nb) == [(5, 6), (8, 9)]
     nb.cells[6].metadata["tags"] = []
-    with pytest.raises(ValueError, match="cell 6: .* must be tagged 'self-check'"):
+    with pytest.raises(ValueError, match=r"cell 6: .* must be tagged 'self-check'"):
         exercise_cells(nb)
 
 

@@ -33,7 +33,7 @@ def test_unfreeze_inner_block_after_freezing_all():
 
 
 def test_unknown_submodule_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="no submodule 'layer9'.*children are"):
+    with pytest.raises(ValueError, match=r"no submodule 'layer9'.*children are"):
         freeze(resnet18(), ["layer9"])
 
 

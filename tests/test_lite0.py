@@ -1,6 +1,7 @@
 """The real ImageNet model: the package's Lite0 file on timm's architecture, offline, loaded all or nothing."""
 
 import pickle
+import re
 import shutil
 import socket
 
@@ -81,7 +82,7 @@ def test_rules_on_single_names():
 def test_unknown_name_is_refused_with_the_name():
     with pytest.raises(ValueError, match=r"_blocks\.3\._se_reduce\.weight"):
         lite0_timm_key("_blocks.3._se_reduce.weight")  # EfficientNet-B0 has squeeze-excitation, Lite0 has none
-    with pytest.raises(ValueError, match="both|two tensors"):
+    with pytest.raises(ValueError, match=r"both|two tensors"):
         remap_lite0_state_dict({"_fc.bias": torch.zeros(1), "classifier.bias": torch.zeros(1)})
 
 
@@ -148,13 +149,13 @@ def test_package_not_installed(monkeypatch):
 
 def test_file_missing_from_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(lite0, "WEIGHTS_FILE", "efficientnet-lite0-deleted.pth")
-    with pytest.raises(WeightsNotFoundError, match="missing from the installed package.*--force-reinstall"):
+    with pytest.raises(WeightsNotFoundError, match=r"missing from the installed package.*--force-reinstall"):
         lite0_weights_path()
     gone = tmp_path / "efficientnet-lite0-57934424.pth"
     monkeypatch.setattr(lite0, "lite0_weights_path", lambda: gone)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     before = snapshot(model)
-    with pytest.raises(WeightsNotFoundError, match="efficientnet-lite0-57934424.pth"):
+    with pytest.raises(WeightsNotFoundError, match=re.escape("efficientnet-lite0-57934424.pth")):
         load_lite0_weights(model)
     assert_unchanged(model, before)
 
@@ -199,7 +200,7 @@ def test_file_that_would_run_code(tmp_path):
     path = tmp_path / "lite0_evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"_fc.bias": Payload()}, f, protocol=2)
-    with pytest.raises(WeightsFileError, match="lite0_evil.pth"):
+    with pytest.raises(WeightsFileError, match=re.escape("lite0_evil.pth")):
         load_lite0_weights(timm.create_model("tf_efficientnet_lite0"), path, check_hash=False)
 
 
@@ -245,7 +246,7 @@ def test_wrong_shape_through_load_matching_directly(file_state_dict):
     remapped = remap_lite0_state_dict(file_state_dict)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=10)
     before = snapshot(model)
-    with pytest.raises(IncompleteLoadError, match="classifier.weight"):
+    with pytest.raises(IncompleteLoadError, match=re.escape("classifier.weight")):
         load_matching(model, remapped, strict=True)
     assert_unchanged(model, before)
     report = load_matching(model, remapped, strict=True, exclude=("classifier.",))

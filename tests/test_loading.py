@@ -4,6 +4,7 @@ Reading files safely (and nested checkpoints) is tested in test_serialization.py
 """
 
 import math
+import re
 from collections import OrderedDict
 
 import pytest
@@ -55,7 +56,7 @@ def test_clean_state_dict_combined_and_repeated_prefixes():
 
 
 def test_clean_state_dict_refuses_colliding_keys():
-    with pytest.raises(ValueError, match="both become 'fc.bias'"):
+    with pytest.raises(ValueError, match=re.escape("both become 'fc.bias'")):
         clean_state_dict({"module.fc.bias": 1, "fc.bias": 2})
 
 
@@ -81,7 +82,7 @@ def test_load_matching_by_name_and_shape_and_proves_copies():
 
 def test_plain_load_state_dict_fails_on_the_same_shapes():
     """The reference behaviour load_matching avoids: name matching alone raises a size mismatch."""
-    with pytest.raises(RuntimeError, match="size mismatch for fc.weight"):
+    with pytest.raises(RuntimeError, match=re.escape("size mismatch for fc.weight")):
         seeded(3).load_state_dict(seeded(10).state_dict(), strict=False)
 
 
@@ -132,7 +133,7 @@ def test_strict_with_exclude_accepts_a_replaced_head():
 
 def test_nothing_matching_is_an_error():
     source = {f"backbone.{k}": v for k, v in seeded().state_dict().items()}
-    with pytest.raises(IncompleteLoadError, match="no tensor matched.*backbone"):
+    with pytest.raises(IncompleteLoadError, match=r"no tensor matched.*backbone"):
         load_matching(seeded(), source)
 
 

@@ -1,5 +1,6 @@
 """TinyResNet and its shipped pretrained weights."""
 
+import re
 import socket
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_get_state_dict_reads_through_serialization(monkeypatch):
 
 def test_missing_weights_file_says_how_to_rebuild(monkeypatch, tmp_path):
     monkeypatch.setattr(TinyResNet_Weights.LETTERS_V1.value, "url", str(tmp_path / "gone.pt"))
-    with pytest.raises(WeightsNotFoundError, match="python -m transferlab.pretrain"):
+    with pytest.raises(WeightsNotFoundError, match=re.escape("python -m transferlab.pretrain")):
         tiny_resnet(weights="DEFAULT")
 
 

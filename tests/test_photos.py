@@ -35,7 +35,7 @@ def test_colour_photo_matches_the_file():
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match="no photo called 'cat'.*chelsea.*coffee"):
+    with pytest.raises(ValueError, match=r"no photo called 'cat'.*chelsea.*coffee"):
         load_photo("cat")
 
 

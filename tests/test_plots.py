@@ -4,15 +4,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import to_rgba  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+from sklearn.metrics import confusion_matrix
 
-from transferlab.plots import plot_confusion_matrix, plot_history, plot_lrs, show_predictions  # noqa: E402
-from transferlab.training import History  # noqa: E402
+from transferlab.plots import plot_confusion_matrix, plot_history, plot_lrs, show_predictions
+from transferlab.training import History
 
 
 def history() -> History:

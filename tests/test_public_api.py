@@ -26,7 +26,7 @@ def test_the_public_names_are_listed():
         missing = [n for n in exported if not hasattr(module, n)]
         assert not missing, f"transferlab.{name}.__all__ names {missing}, which it does not define"
         print(f"  transferlab.{name}: {', '.join(exported)}")
-    assert transferlab.__all__ == ["__version__", *transferlab._EXPORTS]
+    assert sorted(transferlab.__all__) == sorted(["__version__", *transferlab._EXPORTS])
     for name, module in transferlab._EXPORTS.items():
         assert getattr(transferlab, name) is getattr(importlib.import_module(f"transferlab.{module}"), name)
     clashes = set(transferlab._EXPORTS) & set(MODULES)  # a submodule import would overwrite such a name

@@ -131,7 +131,7 @@ def test_legacy_non_zip_torch_file_loads_without_warnings(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="does not exist.*state_dict"):
+    with pytest.raises(WeightsNotFoundError, match=r"does not exist.*state_dict"):
         load_file(tmp_path / "nope.pt")
 
 

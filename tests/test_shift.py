@@ -98,7 +98,7 @@ def test_a_failing_batch_leaves_the_model_unchanged():
 
 
 def test_frozen_or_untracked_batchnorm_is_a_clear_error():
-    with pytest.raises(ValueError, match="frozen by freeze_bn.*unfreeze_bn"):
+    with pytest.raises(ValueError, match=r"frozen by freeze_bn.*unfreeze_bn"):
         adapt_bn(freeze_bn(small_model()), [pool()])
     with pytest.raises(ValueError, match="track_running_stats=False"):
         adapt_bn(nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False)), [pool()])

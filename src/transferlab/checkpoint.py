@@ -20,7 +20,7 @@ from torch import nn
 
 from transferlab.serialization import WeightsFileError, load_file, save_file
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 REQUIRED_KEYS = ("model", "epoch", "rng")
 

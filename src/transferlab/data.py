@@ -51,20 +51,20 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 __all__ = [
-    "SOURCE_CLASSES",
-    "TARGET_CLASSES",
     "DIGIT_LIKE_LETTERS",
-    "SOURCE_FONTS",
     "IMAGE_SIZE",
+    "SOURCE_CLASSES",
+    "SOURCE_FONTS",
+    "TARGET_CLASSES",
     "TARGET_DIFFICULTY",
     "TARGET_PALETTE",
     "SceneDataset",
-    "source_dataset",
+    "render_scenes",
     "source_batch",
+    "source_dataset",
     "source_glyphs",
     "target_dataset",
     "target_split_indices",
-    "render_scenes",
 ]
 
 SOURCE_CLASSES: tuple[str, ...] = tuple(string.ascii_uppercase + string.ascii_lowercase)
@@ -359,7 +359,7 @@ def source_dataset(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if size is not None or difficulty != 1.0 or seed != 0:
         raise ValueError("the source test set is fixed: leave size, difficulty and seed at their defaults")
-    glyphs, labels = source_glyphs("test", SOURCE_TEST_PER_CLASS)
+    _glyphs, labels = source_glyphs("test", SOURCE_TEST_PER_CLASS)
     keep = _class_subset(classes, labels)
     images = _source_test_images()[keep]
     return SceneDataset(images, _relabel(labels[keep], classes), classes, transform, keep)

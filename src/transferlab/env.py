@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "num_threads", "network_available", "EnvReport", "environment_report"]
+__all__ = ["EnvReport", "environment_report", "get_device", "network_available", "num_threads", "seed_everything"]
 
 # A host that serves torchvision's pretrained weights: reaching it means the ImageNet track can download.
 WEIGHTS_HOST = ("download.pytorch.org", 443)

@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from transferlab.training import Batch, History, fit
 
-__all__ = ["extract_features", "pooled_features_at", "ShuffledBatches", "train_head"]
+__all__ = ["ShuffledBatches", "extract_features", "pooled_features_at", "train_head"]
 
 
 @torch.no_grad()

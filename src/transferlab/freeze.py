@@ -8,7 +8,7 @@ from typing import NamedTuple
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm  # base class of BatchNorm1d/2d/3d and SyncBatchNorm
 
-__all__ = ["freeze", "unfreeze", "freeze_bn", "is_bn_frozen", "unfreeze_bn", "ParamCount", "count_parameters"]
+__all__ = ["ParamCount", "count_parameters", "freeze", "freeze_bn", "is_bn_frozen", "unfreeze", "unfreeze_bn"]
 
 
 def _targets(module: nn.Module, submodules: str | Iterable[str] | None) -> list[nn.Module]:

@@ -276,7 +276,7 @@ def write_offline_folder(root: str | os.PathLike, counts: tuple[int, int, int] =
 
 
 def _download(url: str, dest: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:  # noqa: S310 (fixed https URL)
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
         shutil.copyfileobj(response, f)
 
 

@@ -33,12 +33,12 @@ from transferlab.serialization import (
 
 __all__ = [
     "TRACKS",
-    "get_track",
-    "resolve_weights",
     "cached_weights_path",
-    "imagenet_state_dict",
+    "get_track",
     "imagenet_model",
     "imagenet_or_random",
+    "imagenet_state_dict",
+    "resolve_weights",
 ]
 
 TRACKS = ("offline", "imagenet")

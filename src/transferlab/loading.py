@@ -117,14 +117,16 @@ class LoadReport:
             for k, (s, m) in self.shape_mismatched.items()
         ]
         if len(mism) > 8:
-            mism = mism[:8] + [f"  shape mismatch (not loaded): ... and {len(mism) - 8} more"]
+            mism = [*mism[:8], f"  shape mismatch (not loaded): ... and {len(mism) - 8} more"]
         return "\n".join(
-            [head]
-            + mism
-            + _summary("missing (model keeps its values)", self.missing)
-            + _summary("unexpected (ignored)", self.unexpected)
-            + _summary("excluded (model keeps its values)", self.excluded)
-            + _summary("filled in (absent from old checkpoints; model keeps its counters)", self.filled_in)
+            [
+                head,
+                *mism,
+                *_summary("missing (model keeps its values)", self.missing),
+                *_summary("unexpected (ignored)", self.unexpected),
+                *_summary("excluded (model keeps its values)", self.excluded),
+                *_summary("filled in (absent from old checkpoints; model keeps its counters)", self.filled_in),
+            ]
         )
 
 

@@ -31,15 +31,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = [
-    "LoRALinear",
     "LoRAConv2d",
+    "LoRALinear",
     "apply_lora",
-    "lora_layers",
-    "merge_lora",
-    "unmerge_lora",
-    "remove_lora",
-    "lora_state_dict",
     "bitfit",
+    "lora_layers",
+    "lora_state_dict",
+    "merge_lora",
+    "remove_lora",
+    "unmerge_lora",
 ]
 
 

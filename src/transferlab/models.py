@@ -32,7 +32,7 @@ from torchvision.transforms import Normalize
 
 from transferlab.serialization import WeightsNotFoundError, check_sha256, load_state_dict_file, verify_weights
 
-__all__ = ["TinyResNet", "TinyResNet_Weights", "tiny_resnet", "WEIGHTS_DIR", "NORM_MEAN", "NORM_STD"]
+__all__ = ["NORM_MEAN", "NORM_STD", "WEIGHTS_DIR", "TinyResNet", "TinyResNet_Weights", "tiny_resnet"]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 _CHECKPOINT = os.path.join(WEIGHTS_DIR, "tiny_resnet_letters_v1.pt")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["param_groups", "GradualUnfreezer"]
+__all__ = ["GradualUnfreezer", "param_groups"]
 
 
 def _owner(name: str, prefixes: Iterable[str]) -> str | None:

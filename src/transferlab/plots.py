@@ -16,7 +16,7 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from transferlab.training import History
 
-__all__ = ["plot_history", "plot_lrs", "show_predictions", "plot_confusion_matrix"]
+__all__ = ["plot_confusion_matrix", "plot_history", "plot_lrs", "show_predictions"]
 
 
 def plot_history(history: History, title: str | None = None) -> Figure:

@@ -30,7 +30,7 @@ from transferlab.models import NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet,
 from transferlab.serialization import atomic_open, file_sha256, save_file
 from transferlab.training import train_steps
 
-__all__ = ["PretrainConfig", "pretrain", "source_accuracy", "main"]
+__all__ = ["PretrainConfig", "main", "pretrain", "source_accuracy"]
 
 CONFIG_FIELDS = ("steps", "batch_size", "lr", "weight_decay", "label_smoothing", "ramp", "glyphs_per_class", "seed")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["l2_normalise", "nearest_class_mean", "grey_histogram"]
+__all__ = ["grey_histogram", "l2_normalise", "nearest_class_mean"]
 
 
 def l2_normalise(features: Tensor) -> Tensor:

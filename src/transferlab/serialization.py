@@ -37,21 +37,21 @@ from torch import nn
 from torchvision.models import WeightsEnum
 
 __all__ = [
+    "NESTED_KEYS",
+    "IncompleteLoadError",
+    "WeightsDeviceError",
     "WeightsError",
     "WeightsFileError",
     "WeightsNotFoundError",
-    "IncompleteLoadError",
-    "WeightsDeviceError",
-    "NESTED_KEYS",
     "atomic_open",
-    "save_file",
+    "check_map_location",
+    "check_sha256",
+    "file_sha256",
     "load_file",
     "load_state_dict_file",
+    "save_file",
     "unsafe_globals",
     "unwrap_checkpoint",
-    "file_sha256",
-    "check_sha256",
-    "check_map_location",
     "verify_weights",
 ]
 

@@ -31,7 +31,7 @@ from torchvision.transforms.functional import gaussian_blur
 from transferlab.data import target_dataset
 from transferlab.freeze import is_bn_frozen
 
-__all__ = ["SHIFTS", "apply_shift", "shifted_target", "batchnorm_layers", "adapt_bn"]
+__all__ = ["SHIFTS", "adapt_bn", "apply_shift", "batchnorm_layers", "shifted_target"]
 
 SHIFTS: tuple[str, ...] = ("paper", "any", "mono", "inverted", "blur+dim")
 _PALETTE = {"paper": "paper", "any": "any", "mono": "mono", "inverted": "paper", "blur+dim": "paper"}

@@ -17,7 +17,7 @@ from torch import nn
 
 from transferlab.progress import tqdm
 
-__all__ = ["History", "train_one_epoch", "evaluate", "predict", "fit", "train_steps", "train_recipe", "BatchSource"]
+__all__ = ["BatchSource", "History", "evaluate", "fit", "predict", "train_one_epoch", "train_recipe", "train_steps"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A batch source for `train_steps`: called with the step number, returns that step's (inputs, targets).

@@ -46,14 +46,14 @@ __all__ = [
     "BODY",
     "LAYER3_RATIO",
     "Budget",
-    "new_model",
-    "frozen_model",
-    "train_loader_for",
-    "target_split",
-    "build_arm",
-    "run_arm",
     "PairedDifference",
+    "build_arm",
+    "frozen_model",
+    "new_model",
     "paired_difference",
+    "run_arm",
+    "target_split",
+    "train_loader_for",
 ]
 
 ARMS = ("features", "one-shot", "warm-up", "LP-FT", "matched", "gradual")

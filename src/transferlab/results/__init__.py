@@ -19,7 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-__all__ = ["results_file", "load_results", "available_results"]
+__all__ = ["available_results", "load_results", "results_file"]
 
 
 def available_results() -> list[str]:
