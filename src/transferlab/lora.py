@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -46,11 +47,13 @@ __all__ = [
 class _LoRA(nn.Module):
     """What both wrappers share: the frozen ``base``, the factors ``lora_A``/``lora_B``, scaling and merging."""
 
-    base: nn.Module
+    base: nn.Linear | nn.Conv2d
     lora_A: nn.Parameter
     lora_B: nn.Parameter
 
-    def _setup(self, base: nn.Module, r: int, alpha: float, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> None:
+    def _setup(
+        self, base: nn.Linear | nn.Conv2d, r: int, alpha: float, a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+    ) -> None:
         if r < 1:
             raise ValueError(f"LoRA rank r must be at least 1, got {r}")
         self.base, self.r, self.alpha, self.scaling, self.merged = base, r, alpha, alpha / r, False
@@ -135,8 +138,9 @@ class LoRAConv2d(_LoRA):
         out = self.base(x)
         if self.merged:
             return out
-        b = self.base
-        low = F.conv2d(x, self.lora_A, None, b.stride, b.padding, b.dilation)
+        b = cast(nn.Conv2d, self.base)
+        padding = cast(tuple[int, int], b.padding)  # or "same"/"valid": F.conv2d takes both, its stubs one at a time
+        low = F.conv2d(x, self.lora_A, None, b.stride, padding, b.dilation)
         return out + self.scaling * F.conv2d(low, self.lora_B)
 
 
