@@ -47,10 +47,12 @@ test: install
 unit: install
 	$(BIN)/python -m pytest tests src -m "not slow" -n 2 -o addopts="-p no:cacheprovider --doctest-modules"
 
-## Lint and format-check the package, tests and benchmarks (rules in ruff.toml); CI runs it before the tests.
+## Lint and format-check the package, tests and benchmarks (rules in ruff.toml), type-check src/ (basedpyright);
+## CI runs it before the tests.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/basedpyright
 
 ## Type-check src/ with basedpyright (pyright's "basic" rules; settings in pyproject.toml).
 typecheck: install
