@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Notebook 05's benchmark table (make bench-table): k = 1, 5, 20, all x 5 seeds, every method's learning rate chosen
-# on validation from one grid, 3e-4 ... 3e-2 (C 1e-3 ... 10 for the pixel baseline). These are the commands that made
+# on validation from one grid, 3e-4 ... 3e-2 (C 1e-3 ... 1000 for the pixel baseline). These are the commands that made
 # src/transferlab/results/transfer_gain.*, in order; every run seeds itself, so rerunning them gives the same numbers
 # on the same machine and thread count. One process of one thread at a time (about 35 min of one core when quiet).
 #
@@ -34,6 +34,13 @@ $T --merge $REST --name part_select_rest  # 3.
 $T --ks 20 all 1 --seed-list 3 4 --convergence-ks --chosen-from $R/part_select_rest.json --name part_rest_seeds34
 $T --merge $R/part_select_rest.json $R/part_rest_seeds34.json --select-seeds 0 1 2 --name part_select_rest2
 $T --ks all --seed-list 0 1 2 3 4 --convergence-ks all --chosen-from $R/part_select_rest2.json --name part_kall_converge
-$T --merge $R/part_k5.json $R/part_k5_wide.json $R/part_k5_seeds34.json $REST $R/part_rest_seeds34.json \
-    $R/part_kall_converge.json --select-seeds 0 1 2 --name transfer_gain  # 4.
+# the pixel baseline still chose the top C (10) at k = 5: C 100 and 1000 too (cheap), seeds 0-2, then seeds 3, 4 at
+# the C chosen on the whole grid
+$T --ks 5 20 all 1 $S --methods logreg --logreg-cs 100 1000 --name part_logreg_wide
+ALL="$R/part_k5.json $R/part_k5_wide.json $R/part_k5_seeds34.json $REST $R/part_rest_seeds34.json \
+    $R/part_kall_converge.json $R/part_logreg_wide.json"
+$T --merge $ALL --select-seeds 0 1 2 --name part_select_all
+$T --ks 5 20 all 1 --seed-list 3 4 --methods logreg --convergence-ks --chosen-from $R/part_select_all.json \
+    --name part_logreg_seeds34
+$T --merge $ALL $R/part_logreg_seeds34.json --select-seeds 0 1 2 --name transfer_gain  # 4.
 rm -f $R/part_*.json $R/part_*.csv $R/part_*.png
