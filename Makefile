@@ -7,7 +7,7 @@ ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 .PHONY: bench-peft bench-shift bench-unfreezing help install lock lab test unit notebooks weights benchmarks clean lint typecheck \
-	bench-transfer bench-table bench-ablation bench-quiet bench-repeat bench-rescue bench-cache bench-suite
+	bench-table bench-repeat bench-cache bench-suite
 .PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
 	check-python312 check-python313
 
@@ -79,36 +79,16 @@ benchmarks: install
 # Accuracy benchmarks (benchmarks/transfer_gain.py; one thread per run; results in src/transferlab/results/).
 TRANSFER = $(BIN)/python benchmarks/transfer_gain.py --threads 1
 
-## The README table's k=5 row, 5 seeds, compared run by run with the full table's results.
-bench-transfer: install
-	$(TRANSFER) --ks 5 --seeds 3 --name transfer_gain_k5 --compare src/transferlab/results/transfer_gain.json
-
-## The README table (k = 1, 5, 20, all x 3 seeds; every method's learning rate chosen on validation): one k per
-## process, one thread, one after another; a failed part stops the target.
+## Notebook 05's table (k = 1, 5, 20, all x 5 seeds; every method's learning rate chosen on validation from one grid,
+## 3e-4 ... 3e-2): the commands that made it, one process of one thread at a time (benchmarks/transfer_table.sh).
 bench-table: install
-	for k in 5 all 20 1; do $(TRANSFER) --seeds 3 --ks $$k --name part_k$$k || exit 1; done
-	$(TRANSFER) --merge src/transferlab/results/part_k1.json src/transferlab/results/part_k5.json \
-		src/transferlab/results/part_k20.json src/transferlab/results/part_kall.json
+	bash benchmarks/transfer_table.sh $(BIN)/python
 
-## Ablation: pretrain without the digit-like letters (O l Z S b B g), transfer those weights at k=5 and 10.
-bench-ablation: install
-	tmp=$$(mktemp -d) && \
-	$(BIN)/python -m transferlab.pretrain --exclude OlZSbBg --threads 1 --out $$tmp/no_digit_like.pt && \
-	$(TRANSFER) --ks 5 10 --methods features finetune --weights $$tmp/no_digit_like.pt \
-		--name ablation_no_digit_like_letters; status=$$?; rm -rf $$tmp; exit $$status
-
-## Time per run on a QUIET machine (2 threads, 2 seeds at k=5 and all): run it with nothing else running.
-bench-quiet: install
-	$(BIN)/python benchmarks/transfer_gain.py --threads 2 --ks 5 all --seeds 2 --name timing_quiet
-
-## Repeat check: k=5, seed 0 again; fails unless every accuracy equals the table's run (same machine, 1 thread).
+## Repeat check: k=5, seed 0, the whole grid again; fails unless every accuracy equals the table's run (same machine,
+## 1 thread).
 bench-repeat: install
-	$(TRANSFER) --ks 5 --seeds 1 --name repeat_check_t1 --compare src/transferlab/results/transfer_gain.json --must-match
-
-## The rescue attempts for from-scratch training (greyscale input, colour and shift augmentation), k=5 and 10.
-bench-rescue: install
-	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant grey --name rescue_grey
-	$(TRANSFER) --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 1e-2 --scratch-variant augment --name rescue_augment
+	$(TRANSFER) --ks 5 --seed-list 0 --convergence-ks --name repeat_check_t1 \
+		--compare src/transferlab/results/transfer_gain.json --must-match
 
 ## Feature-cache speed-up, several repeats (src/transferlab/results/feature_cache.json).
 bench-cache: install

@@ -14,30 +14,26 @@ of its 500 digit images; the other 800 scenes are the test part, reported):
 * ``logreg``      scikit-learn logistic regression on the raw pixels, the baseline (``C`` chosen on validation).
 
 At ``--convergence-ks`` scratch runs again with twice the steps at its chosen learning rate: is it under-trained?
-Notebook 05 runs the same recipe and grid with 20 steps at k = 5. Spreads are sample standard deviations (ddof = 1)
-and every comparison is paired over seeds (``paired``: a tie unless the mean difference clears 2 standard errors).
-Inputs are normalised with ``TinyResNet_Weights.DEFAULT.transforms()``. Wall and CPU time of every run are recorded,
-and the pretraining time is read from the weights' metadata. Every results file records the command, the commit,
-the thread count and the load average (see ``benchmarks/provenance.py``).
+Notebook 05 runs the same recipe with 10 steps at k = 5 (and a grid half a decade higher). Spreads are sample
+standard deviations (ddof = 1) and every comparison is paired over seeds (``paired``: a tie unless the mean
+difference clears 2 standard errors). Inputs are normalised with ``TinyResNet_Weights.DEFAULT.transforms()``. Wall
+and CPU time of every run are recorded, and the pretraining time is read from the weights' metadata. Every results
+file records the command, the commit, the thread count and the load average (see ``benchmarks/provenance.py``).
 
-Usage (from the repository root, with ``PYTHONPATH=src``; the Makefile's ``bench-*`` targets run the committed ones)::
+A table can be built in parts and merged (every run seeds itself, so the numbers do not depend on how the runs are
+grouped): ``--seed-list`` adds seeds, ``--chosen-from`` runs every method only at the rate an earlier file chose
+(and skips the runs it holds), ``--select-seeds`` makes a merge choose every rate on those seeds' validation
+accuracy. ``benchmarks/transfer_table.sh`` (make bench-table) is the sequence that made the committed table.
 
-    python benchmarks/transfer_gain.py --threads 1  # everything: src/transferlab/results/transfer_gain.*
-    python benchmarks/transfer_gain.py --ks 5 --threads 1 --name transfer_gain_k5 \\
-        --compare src/transferlab/results/transfer_gain.json  # the README's k=5 row (make bench-transfer)
-    # parts can run in parallel (one thread each) and be merged; every run seeds itself, so the numbers do not
-    # depend on how the runs are grouped
-    python benchmarks/transfer_gain.py --ks 1 5 --threads 1 --name part_a & a=$!
-    python benchmarks/transfer_gain.py --ks 20 all --threads 1 --name part_b & b=$!
-    wait $a && wait $b && python benchmarks/transfer_gain.py --merge src/transferlab/results/part_a.json \\
-        src/transferlab/results/part_b.json
-    # ablation (make bench-ablation): pretrain without the digit-like letters, then transfer those weights
-    python -m transferlab.pretrain --exclude OlZSbBg --threads 1 --out /tmp/ablation.pt
-    python benchmarks/transfer_gain.py --ks 5 10 --methods features finetune --weights /tmp/ablation.pt --threads 1
-    python benchmarks/transfer_gain.py --ks 5 10 --seeds 3 --methods scratch --scratch-lrs 0.01 --scratch-variant grey
+Usage (from the repository root, with ``PYTHONPATH=src``)::
+
+    python benchmarks/transfer_gain.py --threads 1  # the whole grid for every seed (about 40 min of one core)
+    bash benchmarks/transfer_table.sh python        # the committed table (src/transferlab/results/transfer_gain.*)
     # repeat check (make bench-repeat): rerun k=5, seed 0 and compare every accuracy with the table's run
-    python benchmarks/transfer_gain.py --ks 5 --seeds 1 --threads 1 --name repeat_check_t1 \\
+    python benchmarks/transfer_gain.py --ks 5 --seed-list 0 --convergence-ks --threads 1 --name repeat_check_t1 \\
         --compare src/transferlab/results/transfer_gain.json --must-match
+    # other questions: transfer other weights (--weights FILE, e.g. from `python -m transferlab.pretrain --exclude
+    # OlZSbBg --out FILE`), or scratch on greyscale or augmented input (--methods scratch --scratch-variant grey)
 """
 
 from __future__ import annotations
@@ -68,7 +64,10 @@ from provenance import RESULTS, csv_header, run_info, run_started
 ALL_KS = ("1", "5", "10", "20", "50", "100", "all")
 TEST_SCENES = 2  # the held-out set shows every digit image in this many scenes (data.TARGET_TEST_SCENES)
 VAL_DIGITS = 100  # digit images whose scenes form the validation part of the held-out set
-LRS = (1e-3, 3e-3, 1e-2)  # the one learning-rate grid of every method (notebook 05 uses the same)
+# The one learning-rate grid of every method, half-decade steps. 1e-3..1e-2 left chosen rates at both edges (scratch
+# 1e-2 at every k, fine-tuning 1e-3 at k = 5 and 20): widened by one point on each side so that every choice is inside.
+LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+LOGREG_CS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)  # the pixel baseline's grid of C, widened until inside
 DEFAULT_KS = ("1", "5", "20", "all")  # 10 and 50 cut to fit 35 min of one core; k=100 is close to all
 NORMALISE = TinyResNet_Weights.DEFAULT.transforms()
 
@@ -234,9 +233,18 @@ def run_logreg(train, held_out, seed, args, c) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
-def planned_runs(args) -> list[tuple[str, Callable[..., dict[str, float]], tuple]]:
-    """``(name, method, extra arguments)`` of every run on one training set, in the order they run."""
+def planned_runs(args, chosen: dict | None = None) -> list[tuple[str, Callable[..., dict[str, float]], tuple]]:
+    """``(name, method, extra arguments)`` of every run on one training set, in the order they run; with ``chosen``
+    (one k's summary from an earlier results file) every method runs only at the rate chosen there."""
     runs = []
+    if chosen is not None:
+        methods = {"scratch": run_scratch, "features": run_features, "finetune": run_finetune, "logreg": run_logreg}
+        for name in METHODS:
+            if name in args.methods:
+                lr = chosen[name]["lr"]
+                extra = (lr, None, args.scratch_variant) if name == "scratch" else (lr,)
+                runs.append((f"{name}@{lr:g}", methods[name], extra))
+        return runs
     if "scratch" in args.methods:
         grid = args.scratch_lrs or args.lrs
         runs += [(f"scratch@{lr:g}", run_scratch, (lr, None, args.scratch_variant)) for lr in grid]
@@ -274,25 +282,38 @@ def benchmark(args) -> list[dict]:
             flush=True,
         )
 
+    earlier = None
+    if args.chosen_from:  # every method at the rate chosen in an earlier (merged) results file, no grid
+        with open(args.chosen_from, encoding="utf-8") as f:
+            earlier = json.load(f)
+    done = set() if earlier is None else {(r["k"], r["seed"], r["run"]) for r in earlier["runs"]}
+    seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
     for k_name in args.ks:
         k = None if k_name == "all" else int(k_name)
         sets = {}
-        for seed in range(args.seeds):
+        for seed in seeds:
             train = sets[seed] = target_dataset(
                 "train", k=k, seed=seed, difficulty=args.difficulty, palette=args.palette
             )
-            for name, method, extra in planned_runs(args):
-                record(k_name, train, seed, name, method, extra)
+            for name, method, extra in planned_runs(args, None if earlier is None else earlier["summary"][k_name]):
+                if (k_name, seed, name) not in done:  # runs the earlier file holds are not repeated
+                    record(k_name, train, seed, name, method, extra)
         if "scratch" in args.methods and k_name in args.convergence_ks:
             # the convergence check: scratch at its chosen learning rate, with `convergence_factor` x the steps
-            lr = summarise([r for r in rows if r["k"] == k_name])[k_name]["scratch"]["lr"]
+            if earlier is None:
+                lr = summarise([r for r in rows if r["k"] == k_name])[k_name]["scratch"]["lr"]
+            else:
+                lr = earlier["summary"][k_name]["scratch"]["lr"]
+            name = f"scratch_x{args.convergence_factor}@{lr:g}"
             steps = args.convergence_factor * args.steps
-            for seed in range(args.seeds):
+            for seed in seeds:
+                if (k_name, seed, name) in done:
+                    continue
                 record(
                     k_name,
                     sets[seed],
                     seed,
-                    f"scratch_x{args.convergence_factor}@{lr:g}",
+                    name,
                     run_scratch,
                     (lr, steps, args.scratch_variant),
                 )
@@ -315,9 +336,10 @@ def _stats(runs: list[dict]) -> dict[str, float]:
 METHODS = ("scratch", "features", "finetune", "logreg")
 
 
-def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(rows: list[dict], select_seeds: list[int] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Per k and run: mean and std (ddof = 1) over seeds; per method, the learning rate (for logistic regression
-    the ``C``) with the best mean VALIDATION accuracy, reported with its test accuracy."""
+    the ``C``) with the best mean VALIDATION accuracy (over ``select_seeds`` only, when given: the seeds that ran the
+    whole grid), reported with its test accuracy over every seed."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for k in dict.fromkeys(r["k"] for r in rows):
         by_run: dict[str, list[dict]] = {}
@@ -328,14 +350,23 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
         for method in METHODS:
             grid = [n for n in stats if n.startswith(method + "@")]
             if grid:
-                best = max(grid, key=lambda n: stats[n]["val_mean"])
+                if select_seeds is None:
+                    best = max(grid, key=lambda n: stats[n]["val_mean"])
+                else:
+                    select = {n: [r["val_acc"] for r in by_run[n] if r["seed"] in select_seeds] for n in grid}
+                    best = max(grid, key=lambda n: statistics.mean(select[n]))
                 lr = float(best.split("@")[1])
                 values = sorted(float(n.split("@")[1]) for n in grid)
                 # a choice at the edge of the grid says the grid may be too narrow for that method
                 at_edge = len(values) > 1 and lr in (values[0], values[-1])
                 stats[method] = {**stats[best], "lr": lr, "run": best, "at_edge": at_edge}
-        converged = [n for n in stats if n.startswith("scratch_x")]
-        if converged and "scratch" in stats:
+        # the convergence runs at scratch's chosen rate (a merge may hold others, at rates chosen on fewer seeds)
+        converged = [
+            n
+            for n in stats
+            if n.startswith("scratch_x") and "scratch" in stats and float(n.split("@")[1]) == stats["scratch"]["lr"]
+        ]
+        if converged:
             stats["scratch_longer"] = {
                 **stats[converged[0]],
                 "lr": float(converged[0].split("@")[1]),
@@ -365,6 +396,8 @@ def paired(rows: list[dict], table) -> dict[str, dict[str, dict[str, float]]]:
             if a not in stats or b not in stats:
                 continue
             seeds = sorted(set(stats[a]["seeds"]) & set(stats[b]["seeds"]))
+            if not seeds:  # a partial merge: nothing to pair
+                continue
             diffs = [acc[stats[a]["run"], s] - acc[stats[b]["run"], s] for s in seeds]
             mean = statistics.mean(diffs)
             sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
@@ -461,7 +494,28 @@ def plot(table, path: str, title: str, info: dict) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ks", nargs="+", default=list(DEFAULT_KS), choices=ALL_KS)
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. SEEDS-1")
+    p.add_argument(
+        "--seed-list",
+        type=int,
+        nargs="+",
+        default=None,
+        help="these seeds instead of 0 .. SEEDS-1 (to add seeds to earlier results, then --merge)",
+    )
+    p.add_argument(
+        "--chosen-from",
+        default=None,
+        metavar="JSON",
+        help="no grid: every method at the rate chosen in this results file (the convergence runs at scratch's), "
+        "for --seed-list; runs that file already holds are skipped",
+    )
+    p.add_argument(
+        "--select-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="choose every rate on the validation accuracy of these seeds only (those that ran the whole grid)",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -489,7 +543,7 @@ def parse_args(argv=None):
         "--logreg-cs",
         type=float,
         nargs="+",
-        default=[0.01, 0.1, 1.0],
+        default=list(LOGREG_CS),
         help="inverse regularisation strengths of the pixel baseline, chosen on the validation part",
     )
     p.add_argument(
@@ -573,7 +627,7 @@ def main(argv=None) -> int:
         args.merged_from = [os.path.basename(path) for path in args.merge]
     else:
         rows = benchmark(args)
-    table = summarise(rows)
+    table = summarise(rows, args.select_seeds)
     meta = TinyResNet_Weights.DEFAULT.meta
     result = {
         "args": vars(args),
