@@ -153,15 +153,12 @@ check-browser: install
 benchmark-real-photos: install
 	$(BIN)/python benchmarks/real_photos.py
 
-## Notebook 13's table: probe, BitFit, LoRA r=2/8, full fine-tuning on the digits; four parts in parallel, one thread
-## each (about 6 min of CPU a part), merged; a part that fails fails the target.
+## Notebook 13's tables: probe, BitFit, LoRA r=2/8, full fine-tuning, every rate chosen per seed on validation; on
+## the digits (TinyResNet, peft_compare.json), then on real photos (Lite0 from ImageNet, peft_photos.json); one
+## process, one thread, one after the other.
 bench-peft: install
-	pids=""; for part in "probe lora_r2" bitfit full lora_r8; do \
-		$(BIN)/python benchmarks/peft_compare.py --threads 1 --methods $$part --name peft_part_$$(echo $$part | tr ' ' _) & \
-		pids="$$pids $$!"; \
-	done; for pid in $$pids; do wait $$pid || exit 1; done
-	$(BIN)/python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json --name peft_compare
-	rm -f src/transferlab/results/peft_part_*.json
+	$(BIN)/python benchmarks/peft_compare.py --threads 1
+	$(BIN)/python benchmarks/peft_photos.py --threads 1
 
 ## Notebook 10's grid: 5 source seeds x 4 shifts (AdaBN and its source-domain control, the pool-size sweep, bn1 only,
 ## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).
