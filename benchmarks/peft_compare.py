@@ -26,6 +26,9 @@ Usage (from the repository root, with ``PYTHONPATH=src``)::
     # or in parts (one thread each; every run seeds itself, so the grouping changes no number):
     python benchmarks/peft_compare.py --methods probe bitfit --name peft_part_a   # ... and the other methods
     python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json   # then delete the parts
+    # a grid found too narrow: run the added rates alone, then keep each seed's best of the union
+    python benchmarks/peft_compare.py --lrs 0.1 --name peft_more_rates
+    python benchmarks/peft_compare.py --extend src/transferlab/results/{peft_compare,peft_more_rates}.json
 """
 
 from __future__ import annotations
@@ -140,6 +143,37 @@ def merge(paths: list[str], name: str) -> None:
     print("wrote", RESULTS / f"{name}.json")
 
 
+def extend(base_path: str, extra_path: str, name: str) -> None:
+    """One results file from a run and a run of the same settings on more rates (``--lrs``): the grid is the union,
+    and every seed keeps the best rate of the union on validation (ties: the smaller rate), as one run would have."""
+    base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
+    drop = ("lrs", "methods")
+    if {k: v for k, v in base["settings"].items() if k not in drop} != {
+        k: v for k, v in extra["settings"].items() if k not in drop
+    }:
+        raise ValueError("the two runs differ in more than their rates; rerun them alike")
+    lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"]))
+    methods = {}
+    for method, b in base["methods"].items():
+        e = extra["methods"][method]
+        val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
+        runs = []
+        for seed, (rb, re) in enumerate(zip(b["runs"], e["runs"], strict=True)):
+            best = max(lrs, key=lambda lr: (val[f"{lr:g}"][seed], -lr))
+            runs.append(rb if best == rb["lr"] else re)
+            if best != runs[-1]["lr"]:
+                raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
+        methods[method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
+    merged = {
+        "settings": {**base["settings"], "lrs": lrs},
+        "methods": methods,
+        "source_letters_acc": base["source_letters_acc"],
+        "provenance": {"parts": [base["provenance"], extra["provenance"]], "extended_from": [base_path, extra_path]},
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    print("wrote", RESULTS / f"{name}.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -152,14 +186,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="peft_compare")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge the parts written by earlier runs")
+    parser.add_argument("--extend", nargs=2, metavar="JSON", help="a run, and a run of the same on more rates")
     args = parser.parse_args()
+    if args.extend:
+        extend(*args.extend, args.name)
+        return
     if args.merge:
         merge(args.merge, args.name)
         return
     torch.set_num_threads(args.threads)
     started = run_started()
     data = splits()
-    results: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("name", "merge")}, "methods": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "merge", "extend")}
+    results: dict = {"settings": settings, "methods": {}}
     for method in args.methods:
         runs, val = [], {f"{lr:g}": [] for lr in args.lrs}
         for seed in range(args.seeds):
