@@ -27,7 +27,7 @@ Usage (from the repository root, with ``PYTHONPATH=src``)::
     python benchmarks/peft_compare.py --methods probe bitfit --name peft_part_a   # ... and the other methods
     python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json   # then delete the parts
     # a grid found too narrow: run the added rates alone, then keep each seed's best of the union
-    python benchmarks/peft_compare.py --lrs 0.1 --name peft_more_rates
+    python benchmarks/peft_compare.py --methods bitfit --lrs 0.1 --name peft_more_rates
     python benchmarks/peft_compare.py --extend src/transferlab/results/{peft_compare,peft_more_rates}.json
 """
 
@@ -144,17 +144,23 @@ def merge(paths: list[str], name: str) -> None:
 
 
 def extend(base_path: str, extra_path: str, name: str) -> None:
-    """One results file from a run and a run of the same settings on more rates (``--lrs``): the grid is the union,
-    and every seed keeps the best rate of the union on validation (ties: the smaller rate), as one run would have."""
+    """One results file from a run and a run of the same settings on more rates (``--lrs``) for some methods: their
+    grid is the union, and every seed keeps the best rate of the union on validation (ties: the smaller rate), as one
+    run would have. The rule this serves: a method whose choice touched an edge of the grid gets the next rate
+    beyond that edge (``lrs_by_method`` records each method's grid)."""
     base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
     drop = ("lrs", "methods")
     if {k: v for k, v in base["settings"].items() if k not in drop} != {
         k: v for k, v in extra["settings"].items() if k not in drop
     }:
-        raise ValueError("the two runs differ in more than their rates; rerun them alike")
-    lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"]))
-    methods = {}
+        raise ValueError("the two runs differ in more than their rates and methods; rerun them alike")
+    methods, lrs_by_method = {}, {}
     for method, b in base["methods"].items():
+        lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"] if method in extra["methods"] else []))
+        lrs_by_method[method] = lrs
+        if method not in extra["methods"]:
+            methods[method] = b
+            continue
         e = extra["methods"][method]
         val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
         runs = []
@@ -165,7 +171,7 @@ def extend(base_path: str, extra_path: str, name: str) -> None:
                 raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
         methods[method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
     merged = {
-        "settings": {**base["settings"], "lrs": lrs},
+        "settings": {**base["settings"], "lrs_by_method": lrs_by_method},
         "methods": methods,
         "source_letters_acc": base["source_letters_acc"],
         "provenance": {"parts": [base["provenance"], extra["provenance"]], "extended_from": [base_path, extra_path]},
