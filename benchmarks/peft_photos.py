@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--check-seeds", type=int, default=1, help="seeds 0..n-1 also run at twice the budget")
     parser.add_argument("--k", type=int, default=2, help="labelled patches per class")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="peft_photos")
