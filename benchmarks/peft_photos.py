@@ -35,6 +35,9 @@ The results file records its provenance (``benchmarks/provenance.py``); it is wr
 Usage (from the repository root, with ``PYTHONPATH=src``)::
 
     python benchmarks/peft_photos.py --threads 1        # writes src/transferlab/results/peft_photos.json
+    # a choice on the grid's edge (here: the probe, at 0.1): run the next rate for that method, then merge
+    python benchmarks/peft_photos.py --methods probe --lrs 1.0 --name peft_photos_more_rates
+    python benchmarks/peft_photos.py --extend src/transferlab/results/{peft_photos,peft_photos_more_rates}.json
 """
 
 from __future__ import annotations
@@ -195,6 +198,38 @@ def costs(method: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse.Na
     }
 
 
+def extend(base_path: str, extra_path: str, name: str) -> None:
+    """A run, and a run of the same settings on more rates for some methods, as one file: their grid is the union,
+    every seed keeps the best rate of the union on validation (ties: the smaller rate). The rule this serves: a
+    method whose choice touched an edge of the grid gets the next rate beyond it (``lrs_by_method``)."""
+    base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
+    drop = ("lrs", "methods")
+    if {k: v for k, v in base["settings"].items() if k not in drop} != {
+        k: v for k, v in extra["settings"].items() if k not in drop
+    }:
+        raise ValueError("the two runs differ in more than their rates and methods; rerun them alike")
+    merged = {**base, "methods": {}, "settings": {**base["settings"], "lrs_by_method": {}}}
+    for method, b in base["methods"].items():
+        e = extra["methods"].get(method)
+        lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"] if e else []))
+        merged["settings"]["lrs_by_method"][method] = lrs
+        if e is None:
+            merged["methods"][method] = b
+            continue
+        val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
+        runs = []
+        for seed, (rb, re) in enumerate(zip(b["runs"], e["runs"], strict=True)):
+            best = max(lrs, key=lambda lr: (val[f"{lr:g}"][seed], -lr))
+            runs.append(rb if best == rb["lr"] else re)
+            if best != runs[-1]["lr"]:
+                raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
+        merged["methods"][method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
+    parts = [base["provenance"], extra["provenance"]]
+    merged["provenance"] = {"parts": parts, "extended_from": [base_path, extra_path]}
+    (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    print("wrote", RESULTS / f"{name}.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -206,14 +241,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="peft_photos")
+    parser.add_argument("--extend", nargs=2, metavar="JSON", help="a run, and a run of the same on more rates")
     args = parser.parse_args()
+    if args.extend:
+        extend(*args.extend, args.name)
+        return
     torch.set_num_threads(args.threads)
     started = run_started()
     data = splits()
     source, imagenet_head = build("probe", 0)
     source_logits = logits(source, data["photos"][0], imagenet_head)
     results: dict = {
-        "settings": {k: v for k, v in vars(args).items() if k != "name"} | {"size": 64, "alpha": ALPHA},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("name", "extend")} | {"size": 64, "alpha": ALPHA},
         "splits": {name: len(y) for name, (_, y) in data.items()},
         "lora_targets": pointwise_convs(source),
         "source_photo_classes": [WEIGHTS.meta["categories"][i] for i in source_logits.argmax(1)[: len(PHOTOS)]],
