@@ -38,6 +38,7 @@ Usage (from the repository root, with ``PYTHONPATH=src``)::
     # a choice on the grid's edge (here: the probe, at 0.1): run the next rate for that method, then merge
     python benchmarks/peft_photos.py --methods probe --lrs 1.0 --name peft_photos_more_rates
     python benchmarks/peft_photos.py --extend src/transferlab/results/{peft_photos,peft_photos_more_rates}.json
+    # (full fine-tuning chose 1e-4 on seed 0: the same with --methods full --lrs 1e-5, extending the extended file)
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def extend(base_path: str, extra_path: str, name: str) -> None:
     every seed keeps the best rate of the union on validation (ties: the smaller rate). The rule this serves: a
     method whose choice touched an edge of the grid gets the next rate beyond it (``lrs_by_method``)."""
     base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
-    drop = ("lrs", "methods")
+    drop = ("lrs", "methods", "lrs_by_method")  # a base already extended carries each method's grid
     if {k: v for k, v in base["settings"].items() if k not in drop} != {
         k: v for k, v in extra["settings"].items() if k not in drop
     }:
@@ -211,7 +212,8 @@ def extend(base_path: str, extra_path: str, name: str) -> None:
     merged = {**base, "methods": {}, "settings": {**base["settings"], "lrs_by_method": {}}}
     for method, b in base["methods"].items():
         e = extra["methods"].get(method)
-        lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"] if e else []))
+        own = base["settings"].get("lrs_by_method", {}).get(method, base["settings"]["lrs"])
+        lrs = sorted(set(own) | set(extra["settings"]["lrs"] if e else []))
         merged["settings"]["lrs_by_method"][method] = lrs
         if e is None:
             merged["methods"][method] = b
@@ -224,7 +226,7 @@ def extend(base_path: str, extra_path: str, name: str) -> None:
             if best != runs[-1]["lr"]:
                 raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
         merged["methods"][method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
-    parts = [base["provenance"], extra["provenance"]]
+    parts = [*base["provenance"].get("parts", [base["provenance"]]), extra["provenance"]]
     merged["provenance"] = {"parts": parts, "extended_from": [base_path, extra_path]}
     (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     print("wrote", RESULTS / f"{name}.json")
