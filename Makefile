@@ -155,10 +155,18 @@ benchmark-real-photos: install
 
 ## Notebook 13's tables: probe, BitFit, LoRA r=2/8, full fine-tuning, every rate chosen per seed on validation; on
 ## the digits (TinyResNet, peft_compare.json), then on real photos (Lite0 from ImageNet, peft_photos.json); one
-## process, one thread, one after the other.
+## process, one thread, one after the other; a method whose choice sat on the grid's edge gets the next rate
+## (--extend). About 25 min of CPU in all (measured 2026-12-03).
+R = src/transferlab/results
 bench-peft: install
 	$(BIN)/python benchmarks/peft_compare.py --threads 1
+	$(BIN)/python benchmarks/peft_compare.py --threads 1 --methods bitfit --lrs 0.1 --name peft_more_rates
+	$(BIN)/python benchmarks/peft_compare.py --extend $(R)/peft_compare.json $(R)/peft_more_rates.json
 	$(BIN)/python benchmarks/peft_photos.py --threads 1
+	$(BIN)/python benchmarks/peft_photos.py --threads 1 --methods probe --lrs 1.0 --name peft_photos_more_rates
+	$(BIN)/python benchmarks/peft_photos.py --threads 1 --methods full --lrs 1e-5 --name peft_photos_more_rates_full
+	$(BIN)/python benchmarks/peft_photos.py --extend $(R)/peft_photos.json $(R)/peft_photos_more_rates.json
+	$(BIN)/python benchmarks/peft_photos.py --extend $(R)/peft_photos.json $(R)/peft_photos_more_rates_full.json
 
 ## Notebook 10's grid: 5 source seeds x 4 shifts (AdaBN and its source-domain control, the pool-size sweep, bn1 only,
 ## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).
