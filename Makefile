@@ -140,15 +140,20 @@ check-browser: install
 benchmark-real-photos: install
 	$(BIN)/python benchmarks/real_photos.py
 
-## Notebook 13's table: probe, BitFit, LoRA r=2/8, full fine-tuning on the digits; four parts in parallel, one thread
-## each (about 6 min of CPU a part), merged; a part that fails fails the target.
+## Notebook 13's tables: probe, BitFit, LoRA r=2/8, full fine-tuning, every rate chosen per seed on validation; on
+## the digits (TinyResNet, peft_compare.json), then on real photos (Lite0 from ImageNet, peft_photos.json); one
+## process, one thread, one after the other; a method whose choice sat on the grid's edge gets the next rate
+## (--extend). About 25 min of CPU in all (measured 2026-12-03).
+R = src/transferlab/results
 bench-peft: install
-	pids=""; for part in "probe lora_r2" bitfit full lora_r8; do \
-		$(BIN)/python benchmarks/peft_compare.py --threads 1 --methods $$part --name peft_part_$$(echo $$part | tr ' ' _) & \
-		pids="$$pids $$!"; \
-	done; for pid in $$pids; do wait $$pid || exit 1; done
-	$(BIN)/python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json --name peft_compare
-	rm -f src/transferlab/results/peft_part_*.json
+	$(BIN)/python benchmarks/peft_compare.py --threads 1
+	$(BIN)/python benchmarks/peft_compare.py --threads 1 --methods bitfit --lrs 0.1 --name peft_more_rates
+	$(BIN)/python benchmarks/peft_compare.py --extend $(R)/peft_compare.json $(R)/peft_more_rates.json
+	$(BIN)/python benchmarks/peft_photos.py --threads 1
+	$(BIN)/python benchmarks/peft_photos.py --threads 1 --methods probe --lrs 1.0 --name peft_photos_more_rates
+	$(BIN)/python benchmarks/peft_photos.py --threads 1 --methods full --lrs 1e-5 --name peft_photos_more_rates_full
+	$(BIN)/python benchmarks/peft_photos.py --extend $(R)/peft_photos.json $(R)/peft_photos_more_rates.json
+	$(BIN)/python benchmarks/peft_photos.py --extend $(R)/peft_photos.json $(R)/peft_photos_more_rates_full.json
 
 ## Notebook 10's grid: 5 source seeds x 4 shifts (AdaBN and its source-domain control, the pool-size sweep, bn1 only,
 ## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).

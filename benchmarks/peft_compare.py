@@ -11,28 +11,30 @@ arms differ only in which parameters train:
 * ``lora_r2``, ``lora_r8``   ``transferlab.lora.apply_lora`` on every convolution (alpha = 8), and the head;
 * ``full``     every parameter.
 
-The learning rate of every method is chosen from the same grid (``--lrs``) by the validation accuracy of seed 0
-(mean over seeds 0..``--lr-seeds``-1), then every seed runs at that rate; the validation split is 150 digit
+The learning rate of every method is chosen from the same grid (``--lrs``, half-decade steps from 3e-5 to 3e-2, wide
+enough that every choice lies inside it) **per seed**: every seed runs the whole grid and keeps the rate with its
+best validation accuracy (ties: the smaller rate), the same rule for every arm; the validation split is 150 digit
 images (one scene each) of the held-out set, the test split the other 350 digit images (two scenes each, 700
-images), so no digit image is in both. Reported per seed at the chosen rate:
-test accuracy, the source task's accuracy (letters test set, 1,560 images) of the fine-tuned backbone under the
-original letters head (forgetting), seed 0's run at twice the budget (convergence check), and seconds per step
+images), so no digit image is in both. Reported per seed at its chosen rate: the rate, test accuracy, the source
+task's accuracy (letters test set, 1,560 images) of the fine-tuned backbone under the original letters head
+(forgetting), seed 0's run at twice the budget (convergence check), and seconds per step
 (process time, one thread). Every results file records its provenance (``benchmarks/provenance.py``).
 
 Usage (from the repository root, with ``PYTHONPATH=src``)::
 
     python benchmarks/peft_compare.py --threads 1        # writes src/transferlab/results/peft_compare.json
-    # or in parts, in parallel (one thread each; every run seeds itself, so the grouping changes no number):
-    for part in "probe lora_r2" bitfit full lora_r8; do
-        python benchmarks/peft_compare.py --methods $part --name peft_part_${part// /_} & done; wait
+    # or in parts (one thread each; every run seeds itself, so the grouping changes no number):
+    python benchmarks/peft_compare.py --methods probe bitfit --name peft_part_a   # ... and the other methods
     python benchmarks/peft_compare.py --merge src/transferlab/results/peft_part_*.json   # then delete the parts
+    # a grid found too narrow: run the added rates alone, then keep each seed's best of the union
+    python benchmarks/peft_compare.py --methods bitfit --lrs 0.1 --name peft_more_rates
+    python benchmarks/peft_compare.py --extend src/transferlab/results/{peft_compare,peft_more_rates}.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import torch
@@ -141,12 +143,48 @@ def merge(paths: list[str], name: str) -> None:
     print("wrote", RESULTS / f"{name}.json")
 
 
+def extend(base_path: str, extra_path: str, name: str) -> None:
+    """One results file from a run and a run of the same settings on more rates (``--lrs``) for some methods: their
+    grid is the union, and every seed keeps the best rate of the union on validation (ties: the smaller rate), as one
+    run would have. The rule this serves: a method whose choice touched an edge of the grid gets the next rate
+    beyond that edge (``lrs_by_method`` records each method's grid)."""
+    base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
+    drop = ("lrs", "methods")
+    if {k: v for k, v in base["settings"].items() if k not in drop} != {
+        k: v for k, v in extra["settings"].items() if k not in drop
+    }:
+        raise ValueError("the two runs differ in more than their rates and methods; rerun them alike")
+    methods, lrs_by_method = {}, {}
+    for method, b in base["methods"].items():
+        lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"] if method in extra["methods"] else []))
+        lrs_by_method[method] = lrs
+        if method not in extra["methods"]:
+            methods[method] = b
+            continue
+        e = extra["methods"][method]
+        val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
+        runs = []
+        for seed, (rb, re) in enumerate(zip(b["runs"], e["runs"], strict=True)):
+            best = max(lrs, key=lambda lr: (val[f"{lr:g}"][seed], -lr))
+            runs.append(rb if best == rb["lr"] else re)
+            if best != runs[-1]["lr"]:
+                raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
+        methods[method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
+    merged = {
+        "settings": {**base["settings"], "lrs_by_method": lrs_by_method},
+        "methods": methods,
+        "source_letters_acc": base["source_letters_acc"],
+        "provenance": {"parts": [base["provenance"], extra["provenance"]], "extended_from": [base_path, extra_path]},
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    print("wrote", RESULTS / f"{name}.json")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--lrs", nargs="+", type=float, default=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--lr-seeds", type=int, default=1, help="seeds 0..n-1 run the whole grid")
     parser.add_argument("--check-seeds", type=int, default=1, help="seeds 0..n-1 also run at twice the budget")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
@@ -154,26 +192,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="peft_compare")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge the parts written by earlier runs")
+    parser.add_argument("--extend", nargs=2, metavar="JSON", help="a run, and a run of the same on more rates")
     args = parser.parse_args()
+    if args.extend:
+        extend(*args.extend, args.name)
+        return
     if args.merge:
         merge(args.merge, args.name)
         return
     torch.set_num_threads(args.threads)
     started = run_started()
     data = splits()
-    results: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("name", "merge")}, "methods": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "merge", "extend")}
+    results: dict = {"settings": settings, "methods": {}}
     for method in args.methods:
-        trained = {(lr, s): train(method, s, lr, args.steps, args) for lr in args.lrs for s in range(args.lr_seeds)}
-        val = {lr: [accuracy(trained[lr, s][0], data["val"]) for s in range(args.lr_seeds)] for lr in args.lrs}
-        best = max(args.lrs, key=lambda lr: (statistics.mean(val[lr]), -lr))  # ties: the smaller rate
-        runs = []
+        runs, val = [], {f"{lr:g}": [] for lr in args.lrs}
         for seed in range(args.seeds):
-            # the grid's run at the chosen rate where there is one, else a new run at that rate
-            model, letters_head, per_step = trained.get((best, seed)) or train(method, seed, best, args.steps, args)
+            grid = {lr: train(method, seed, lr, args.steps, args) for lr in args.lrs}
+            seed_val = {lr: accuracy(grid[lr][0], data["val"]) for lr in args.lrs}
+            best = max(args.lrs, key=lambda lr: (seed_val[lr], -lr))  # this seed's choice; ties: the smaller rate
+            for lr in args.lrs:
+                val[f"{lr:g}"].append(seed_val[lr])
+            model, letters_head, per_step = grid[best]
             run = {
                 "seed": seed,
+                "lr": best,
                 "test_acc": accuracy(model, data["test"]),
-                "val_acc": accuracy(model, data["val"]),
+                "val_acc": seed_val[best],
                 "letters_acc": letters_accuracy(model, letters_head, data["letters"]),
                 "seconds_per_step": per_step,
             }
@@ -182,13 +227,14 @@ def main() -> None:
             runs.append(run)
         results["methods"][method] = {
             "trainable": count_parameters(model).trainable,
-            "lr": best,
-            "val_acc_by_lr": {f"{lr:g}": v for lr, v in val.items()},
+            "lr_by_seed": [r["lr"] for r in runs],
+            "val_acc_by_lr": val,  # lr -> validation accuracy of seeds 0, 1, ...
             "runs": runs,
         }
         print(
             method,
-            f"lr={best:g}",
+            "lr",
+            [r["lr"] for r in runs],
             [round(r["test_acc"], 3) for r in runs],
             "letters",
             [round(r["letters_acc"], 3) for r in runs],
