@@ -26,7 +26,7 @@ from pathlib import Path
 
 from provenance import ROOT, run_info, run_started
 
-RESULTS = ROOT / "benchmarks" / "results" / "notebook_times.json"
+RESULTS = ROOT / "src" / "transferlab" / "results" / "notebook_times.json"  # with the other stored results
 NOTEBOOK_LIMIT_S, SUITE_LIMIT_S = 60.0, 300.0
 SUITE_ARGS = ("-n", "3", "--dist", "loadfile")  # the README's test command (`make test`)
 
