@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab import serialization
-from transferlab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from transferlab.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from transferlab.serialization import WeightsDeviceError, WeightsFileError, WeightsNotFoundError
 from transferlab.training import train_one_epoch
 
@@ -73,7 +73,7 @@ def test_resume_is_exact(tmp_path, own_generator):
     model_b, opt_b, sched_b = make()
     loader_b, g_b = loader(7)
     run(model_b, opt_b, sched_b, loader_b, 2)
-    save_checkpoint(tmp_path / "ckpt.pt", model_b, opt_b, sched_b, epoch=2, generator=g_b, note="half")
+    save_checkpoint(model_b, tmp_path / "ckpt.pt", opt_b, sched_b, epoch=2, generator=g_b, note="half")
     del model_b, opt_b, sched_b
 
     reseed(99)  # a fresh process would be in another state
@@ -98,7 +98,7 @@ def test_resume_without_restoring_rng_differs(tmp_path):
     reseed(1)
     model_a, opt_a, sched_a = make()
     run(model_a, opt_a, sched_a, DataLoader(data, batch_size=8, shuffle=True), 2)
-    save_checkpoint(tmp_path / "c.pt", model_a, opt_a, sched_a, epoch=2)
+    save_checkpoint(model_a, tmp_path / "c.pt", opt_a, sched_a, epoch=2)
     run(model_a, opt_a, sched_a, DataLoader(data, batch_size=8, shuffle=True), 1)
     torch.manual_seed(99)
     model_c, opt_c, sched_c = make()
@@ -109,7 +109,7 @@ def test_resume_without_restoring_rng_differs(tmp_path):
 
 
 def test_rng_state_round_trip_and_weights_only(tmp_path):
-    state = rng_state()
+    state = get_rng_state()
     torch.save(state, tmp_path / "rng.pt")
     loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
     expected = (random.random(), float(np.random.rand()), torch.rand(3))
@@ -125,7 +125,7 @@ def stray_files(folder):
 
 def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     model, opt, sched = make()
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, opt, sched, epoch=1)
+    path = save_checkpoint(model, tmp_path / "ckpt.pt", opt, sched, epoch=1)
     real_save = torch.save
 
     def crash_half_way(obj, f, *args, **kwargs):
@@ -136,7 +136,7 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     with torch.no_grad():
         model[0].weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, model, opt, sched, epoch=2)
+        save_checkpoint(model, path, opt, sched, epoch=2)
     monkeypatch.setattr(serialization.torch, "save", real_save)
 
     fresh, _, _ = make(seed=3)
@@ -147,14 +147,14 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_failed_rename_keeps_previous_checkpoint(tmp_path, monkeypatch):
     model, opt, sched = make()
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, opt, sched, epoch=1)
+    path = save_checkpoint(model, tmp_path / "ckpt.pt", opt, sched, epoch=1)
 
     def no_replace(src, dst):
         raise OSError("disk vanished")
 
     monkeypatch.setattr(serialization.os, "replace", no_replace)
     with pytest.raises(OSError, match="disk vanished"):
-        save_checkpoint(path, model, opt, sched, epoch=2)
+        save_checkpoint(model, path, opt, sched, epoch=2)
     monkeypatch.undo()
     assert load_checkpoint(make()[0], path)["epoch"] == 1
     assert stray_files(tmp_path) == []
@@ -169,7 +169,7 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(WeightsFileError, match="load_state_dict"):
         load_checkpoint(model, tmp_path / "bare.pt")
 
-    good = save_checkpoint(tmp_path / "good.pt", model)
+    good = save_checkpoint(model, tmp_path / "good.pt")
     (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])
     with pytest.raises(WeightsFileError, match="corrupt"):
         load_checkpoint(model, tmp_path / "cut.pt")
@@ -184,14 +184,14 @@ def test_load_errors_are_clear(tmp_path):
 
 def test_old_argument_order_says_the_new_one(tmp_path):
     model = make()[0]
-    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
     with pytest.raises(TypeError, match=r"model first: load_checkpoint\(model, path"):
         load_checkpoint(path, model)
 
 
 def test_checkpoint_loads_with_plain_torch_load_weights_only(tmp_path):
     model, opt, sched = make()
-    path = save_checkpoint(tmp_path / "ckpt.pt", model, opt, sched, epoch=3, best_acc=0.5)
+    path = save_checkpoint(model, tmp_path / "ckpt.pt", opt, sched, epoch=3, best_acc=0.5)
     raw = torch.load(path, weights_only=True, map_location="cpu")
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "best_acc"} <= raw.keys()
     assert raw["epoch"] == 3
@@ -201,7 +201,7 @@ def test_checkpoint_loads_with_plain_torch_load_weights_only(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_map_location_cuda_on_a_cpu_machine_is_a_device_error_not_a_corrupt_file(tmp_path):
     model = nn.Linear(2, 2)
-    path = save_checkpoint(tmp_path / "ckpt.pt", model)
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
     with pytest.raises(
         WeightsDeviceError,
         match=r"map_location='cuda' asks for a CUDA device, which this machine "
@@ -209,3 +209,10 @@ def test_map_location_cuda_on_a_cpu_machine_is_a_device_error_not_a_corrupt_file
     ):
         load_checkpoint(model, path, map_location="cuda")
     load_checkpoint(model, path, map_location="cpu")  # the same file is fine
+
+
+def test_save_checkpoint_takes_the_model_first(tmp_path):
+    model = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"model first.*save_checkpoint\(model, "):
+        save_checkpoint(tmp_path / "ckpt.pt", model)  # the old (path, model) order
+    assert not (tmp_path / "ckpt.pt").exists()

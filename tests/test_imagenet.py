@@ -18,7 +18,7 @@ from transferlab.imagenet import (
     imagenet_state_dict,
     resolve_weights,
 )
-from transferlab.serialization import WeightsFileError, WeightsNotFoundError
+from transferlab.serialization import IncompleteLoadError, WeightsFileError, WeightsNotFoundError
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +186,7 @@ def test_file_with_wrong_shapes_is_not_loaded():
     state_dict["fc.weight"] = torch.zeros(10, 512)
     plant(ResNet18_Weights.DEFAULT, state_dict)
     with pytest.raises(
-        WeightsFileError,
+        IncompleteLoadError,
         match=r"(?s)does not fit 'resnet18', so nothing was loaded.*1 shape-mismatched"
         r".*fc.weight source \[10, 512\] vs model \[1000, 512\]",
     ):
@@ -196,8 +196,9 @@ def test_file_with_wrong_shapes_is_not_loaded():
 def test_file_for_another_architecture_is_not_loaded_in_part():
     plant(ResNet18_Weights.DEFAULT, {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)})
     expected = "(?s)does not fit 'resnet18'.*2 loaded, 0 shape-mismatched, 100 missing"
-    with pytest.raises(WeightsFileError, match=expected):
+    with pytest.raises(IncompleteLoadError, match=expected) as info:
         imagenet_model("resnet18")
+    assert len(info.value.report.missing) == 100  # the same error, with its report, as load_matching and Lite0 give
 
 
 def test_old_torchvision_file_without_num_batches_tracked_loads():

@@ -223,7 +223,7 @@ def test_wrong_name_in_file(tmp_path, file_state_dict):
         tmp_path,
         bad,
         "lite0_renamed.pth",
-        WeightsFileError,
+        IncompleteLoadError,
         r"(?s)lite0_renamed\.pth.*nothing was loaded.*_blocks\.3\._dw_conv\.weight",
     )
 

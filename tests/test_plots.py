@@ -50,7 +50,7 @@ def test_plot_lrs_pads_groups_added_later():
 
 def test_show_predictions_marks_wrong_ones_red():
     images = torch.rand(5, 3, 8, 8)
-    fig = show_predictions(images, [0, 1, 2, 1, 0], [0, 1, 1, 1, 2], ["cat", "dog", "fox"], ncols=3)
+    fig = show_predictions(images, [0, 1, 1, 1, 2], [0, 1, 2, 1, 0], ["cat", "dog", "fox"], ncols=3)  # targets, preds
     assert len(fig.axes) == 6  # 2 rows x 3 columns, the last one empty
     titles = [ax.title for ax in fig.axes[:5]]
     red = [t.get_color() for t in titles].count("red")

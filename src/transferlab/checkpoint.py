@@ -20,12 +20,12 @@ from torch import nn
 
 from transferlab.serialization import WeightsFileError, load_file, save_file
 
-__all__ = ["load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
 
 REQUIRED_KEYS = ("model", "epoch", "rng")
 
 
-def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+def get_rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     """The state of Python's, NumPy's and PyTorch's random generators, in ``weights_only``-loadable types.
 
     ``generator`` (e.g. a DataLoader's shuffling generator) is captured too when given.
@@ -49,7 +49,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Restore the generators captured by `rng_state` (and ``generator``, if it was captured)."""
+    """Restore the generators captured by `get_rng_state` (and ``generator``, if it was captured)."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
@@ -68,15 +68,18 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 
 
 def save_checkpoint(
-    path: str | os.PathLike,
     model: nn.Module,
+    path: str | os.PathLike,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
+    *,
     epoch: int = 0,
     generator: torch.Generator | None = None,
     **extra: Any,
 ) -> Path:
     """Atomically write ``{model, optimizer, scheduler, epoch, rng, **extra}`` to ``path``.
+
+    The object comes first, as in ``torch.save(obj, f)``; the arguments mirror :func:`load_checkpoint`.
 
     Args:
         epoch: the number of epochs completed (resume with ``start_epoch=epoch``).
@@ -87,14 +90,19 @@ def save_checkpoint(
         the path written.
 
     Example:
-        >>> save_checkpoint("ckpt.pt", model, optimizer, scheduler, epoch=5, best_acc=0.8)  # doctest: +SKIP
+        >>> save_checkpoint(model, "ckpt.pt", optimizer, scheduler, epoch=5, best_acc=0.8)  # doctest: +SKIP
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"save_checkpoint(model, path, ...) takes the model first (as torch.save(obj, f)), got a "
+            f"{type(model).__name__}; write save_checkpoint(model, {str(model)!r}, ...)."
+        )
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": int(epoch),
-        "rng": rng_state(generator),
+        "rng": get_rng_state(generator),
         **extra,
     }
     return save_file(checkpoint, path)

@@ -59,9 +59,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
-from transferlab.loading import clean_state_dict
+from transferlab.loading import clean_state_dict, load_matching
 from transferlab.models import TinyResNet, TinyResNet_Weights
-from transferlab.serialization import load_state_dict_file, save_file
+from transferlab.serialization import IncompleteLoadError, load_state_dict_file, save_file
 from transferlab.training import BatchSource, train_steps
 
 __all__ = [
@@ -210,10 +210,13 @@ def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> Tin
         )
     model = TinyResNet(num_classes=state["fc.weight"].shape[0])
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        problem = " ".join(str(err).split()[5:25])  # after "Error(s) in loading state_dict for TinyResNet:"
-        raise ValueError(f"--weights {weights} does not fit TinyResNet: {problem} ...") from err
+        load_matching(model, state, strict=True, clean=False)  # all or nothing, with a report of what did not fit
+    except IncompleteLoadError as err:
+        misfit = IncompleteLoadError(
+            f"--weights {weights} does not fit TinyResNet, so nothing was loaded:\n{err.report!r}"
+        )
+        misfit.report = err.report
+        raise misfit from err
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 

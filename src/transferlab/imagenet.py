@@ -161,7 +161,8 @@ def imagenet_model(name: str, weights: str | WeightsEnum = "DEFAULT", **load_kwa
         ``resolve_weights(name, weights).transforms()``.
     Raises:
         WeightsNotFoundError: not in the cache and not downloadable now.
-        WeightsFileError: the file is unsafe, corrupt, or does not fit the model.
+        WeightsFileError: the file is unsafe or corrupt.
+        IncompleteLoadError: the file does not fit the model (``.report`` says what), as from every builder.
     """
     weights = resolve_weights(name, weights)
     state_dict = imagenet_state_dict(weights, **load_kwargs)
@@ -169,10 +170,12 @@ def imagenet_model(name: str, weights: str | WeightsEnum = "DEFAULT", **load_kwa
     try:
         load_matching(model, state_dict, strict=True, clean=False)
     except IncompleteLoadError as error:
-        raise WeightsFileError(
+        misfit = IncompleteLoadError(
             f"{cached_weights_path(weights)} does not fit {name!r}, so nothing was loaded:\n{error.report!r}\n"
             "Delete the file, then download it again or copy the right file there."
-        ) from error
+        )
+        misfit.report = error.report
+        raise misfit from error
     return model
 
 

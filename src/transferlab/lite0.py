@@ -38,7 +38,6 @@ from torchvision.transforms import InterpolationMode
 from transferlab.loading import LoadReport, load_matching
 from transferlab.serialization import (
     IncompleteLoadError,
-    WeightsFileError,
     WeightsNotFoundError,
     check_sha256,
     load_state_dict_file,
@@ -210,10 +209,10 @@ def load_lite0_weights(
     every tensor by name AND shape with ``strict=True``, so a file that does not fit loads nothing.
 
     Raises:
-        WeightsNotFoundError, WeightsFileError: see :func:`read_lite0_file`; also WeightsFileError when a tensor
-            name of the file is one no rule maps (the message names the file and the tensor).
-        IncompleteLoadError: some tensor is missing, left over or of the wrong shape (the message names the file;
-            ``.report`` is the LoadReport).
+        WeightsNotFoundError, WeightsFileError: see :func:`read_lite0_file`.
+        IncompleteLoadError: the file does not fit: a tensor name no rule maps, or some tensor missing, left over
+            or of the wrong shape (the message names the file and the tensor; ``.report`` is the LoadReport when
+            the names mapped).
 
     Example:
         >>> report = load_lite0_weights(timm.create_model("tf_efficientnet_lite0"))  # doctest: +SKIP
@@ -229,7 +228,9 @@ def load_lite0_weights(
     try:
         remapped = remap_lite0_state_dict(state_dict)
     except ValueError as err:
-        raise WeightsFileError(f"{path} does not fit timm's {TIMM_NAME}, so nothing was loaded: {err}\n{fix}") from err
+        raise IncompleteLoadError(
+            f"{path} does not fit timm's {TIMM_NAME}, so nothing was loaded: {err}\n{fix}"
+        ) from err
     try:
         return load_matching(model, remapped, strict=True, clean=False)
     except IncompleteLoadError as err:

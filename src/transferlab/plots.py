@@ -65,22 +65,25 @@ def plot_lrs(history: History, names: Sequence[str] | None = None, log: bool = T
 
 def show_predictions(
     images: torch.Tensor,
-    preds: Sequence[int] | torch.Tensor,
     targets: Sequence[int] | torch.Tensor,
+    preds: Sequence[int] | torch.Tensor,
     classes: Sequence[str],
+    *,
     ncols: int = 8,
 ) -> Figure:
     """A grid of images titled ``predicted / true``; wrong predictions get a red title.
+
+    ``(targets, preds)`` in that order, as in :func:`plot_confusion_matrix` and scikit-learn's metrics.
 
     Args:
         images: ``(N, C, H, W)`` floats in [0, 1] (un-normalised), C = 1 or 3.
 
     Example:
-        >>> fig = show_predictions(images, preds, labels, TARGET_CLASSES); plt.show()  # doctest: +SKIP
+        >>> fig = show_predictions(images, labels, preds, TARGET_CLASSES); plt.show()  # doctest: +SKIP
     """
     if not (len(images) == len(preds) == len(targets)):
         raise ValueError(
-            f"got {len(images)} images, {len(preds)} predictions and {len(targets)} targets; "
+            f"got {len(images)} images, {len(targets)} targets and {len(preds)} predictions; "
             "pass the same number of each."
         )
     nrows = math.ceil(len(images) / ncols)
