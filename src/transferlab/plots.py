@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from transferlab.training import History
 
@@ -115,6 +114,8 @@ def plot_confusion_matrix(
     Example:
         >>> fig = plot_confusion_matrix(labels, preds, TARGET_CLASSES); plt.show()  # doctest: +SKIP
     """
+    from sklearn.metrics import ConfusionMatrixDisplay  # here, not at the top: scikit-learn takes ~1 s to import
+
     fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 2.5, 0.5 * len(classes) + 2))
     ConfusionMatrixDisplay.from_predictions(
         np.asarray(targets),
