@@ -88,3 +88,20 @@ def test_pretrain_steps_are_the_library_loop(monkeypatch):
     assert isinstance(seen["scheduler"], torch.optim.lr_scheduler.OneCycleLR)
     normalised = seen["transform"](torch.full((1, 3, 2, 2), 0.75))
     assert torch.allclose(normalised, torch.ones(1, 3, 2, 2))  # (0.75 - 0.5) / 0.25
+
+
+def test_source_accuracy_matches_plain_pytorch_and_keeps_the_mode():
+    from torchvision.transforms import Normalize
+
+    from transferlab.data import source_dataset
+    from transferlab.models import NORM_MEAN, NORM_STD, TinyResNet
+
+    torch.manual_seed(0)
+    model, classes = TinyResNet(num_classes=3).train(), ("A", "b", "C")
+    test = source_dataset("test", classes=classes)
+    model.eval()
+    with torch.no_grad():
+        hits = int((model(Normalize(NORM_MEAN, NORM_STD)(test.images)).argmax(1) == test.labels).sum())
+    model.train()
+    assert pretrain.source_accuracy(model, classes, batch_size=7) == hits / len(test)
+    assert model.training  # evaluated in eval mode, handed back in train mode

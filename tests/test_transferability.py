@@ -1,7 +1,5 @@
 """Tests for transferlab.transferability: the A/B split, stage-wise transfer models, the training recipe."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,6 @@ import torch
 from transferlab.data import SOURCE_CLASSES
 from transferlab.freeze import freeze_bn
 from transferlab.models import TinyResNet
-from transferlab.pretrain import PretrainConfig, pretrain
 from transferlab.transferability import (
     STAGES,
     WIDTHS,
@@ -26,16 +23,11 @@ from transferlab.transferability import (
     scratch_model,
     split_classes,
     stage_modules,
-    task_accuracy,
     task_data,
-    task_stream,
-    train_on_task,
     transfer_model,
     unpack_correct,
     variant_name,
 )
-
-TINY = dict(steps=2, batch_size=8)
 
 
 def test_split_is_a_seeded_partition_into_halves():
@@ -111,9 +103,9 @@ def test_frozen_stages_keep_their_batchnorm_statistics_and_weights_in_training()
     frozen = transfer_model(donor, 2, num_classes=3, fine_tune=False, seed=1)
     tuned = transfer_model(donor, 2, num_classes=3, fine_tune=True, seed=1)
     assert all(p.requires_grad for p in tuned.parameters())
-    classes = ("A", "B", "C")
-    train_on_task(frozen, classes, PretrainConfig(**TINY))
-    train_on_task(tuned, classes, PretrainConfig(**TINY))
+    x, y = task_data(("A", "B", "C"), per_class=4)
+    fit(frozen, x, y, FitConfig(epochs=1, batch_size=4), frozen=2)
+    fit(tuned, x, y, FitConfig(epochs=1, batch_size=4))
     for key, value in donor.state_dict().items():
         if key.split(".")[0] in stage_modules(2):
             assert torch.equal(frozen.state_dict()[key], value), key  # weights AND running stats unchanged
@@ -128,46 +120,6 @@ def test_donor_must_be_a_tiny_resnet_and_its_widths_are_kept():
     model = transfer_model(wide, 2, num_classes=3, fine_tune=False, seed=0)
     assert model_widths(model) == (32, 64, 128, 256) and model_widths(scratch_model(2, 0)) == WIDTHS
     assert torch.equal(model.layer1[0].conv1.weight, wide.layer1[0].conv1.weight)
-
-
-def test_train_on_task_on_a_scratch_model_is_exactly_pretrain():
-    classes = ("A", "b", "C")
-    cfg = PretrainConfig(steps=3, batch_size=8, seed=5)
-    ours = train_on_task(scratch_model(3, seed=5, widths=(32, 64, 128, 256)), classes, cfg)
-    reference = pretrain(cfg, classes, log_every=0)
-    for key, value in reference.state_dict().items():
-        assert torch.equal(ours.state_dict()[key], value), key
-    assert not ours.training
-
-
-def test_a_shared_stream_gives_the_same_result_and_is_checked():
-    classes, cfg = ("A", "B"), PretrainConfig(**TINY)
-    stream = task_stream(classes, cfg)
-    a = train_on_task(scratch_model(2, 0), classes, cfg, stream=stream)
-    b = train_on_task(scratch_model(2, 0), classes, cfg)
-    assert torch.equal(a.fc.weight, b.fc.weight)
-    with pytest.raises(ValueError, match=re.escape("the stream has 1 batches but cfg.steps is 2")):
-        train_on_task(scratch_model(2, 0), classes, cfg, stream=stream[:1])
-
-
-def test_nothing_to_train_and_no_steps_are_clear_errors():
-    model = scratch_model(2, 0).requires_grad_(False)
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        train_on_task(model, ("A", "B"), PretrainConfig(**TINY))
-    with pytest.raises(ValueError, match=re.escape("cfg.steps must be at least 1")):
-        task_stream(("A", "B"), PretrainConfig(steps=0, batch_size=8))
-
-
-def test_task_accuracy_matches_plain_pytorch_and_restores_the_mode():
-    from transferlab.data import source_dataset
-    from transferlab.pretrain import source_accuracy
-
-    classes = ("A", "B")
-    model = scratch_model(2, 0).train()
-    acc = task_accuracy(model, classes)
-    assert model.training
-    assert acc == pytest.approx(source_accuracy(model.eval(), classes))
-    assert len(source_dataset("test", classes=classes)) == 60
 
 
 # ------------------------------------------------------------------------------------ the fair grid's pieces

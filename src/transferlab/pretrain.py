@@ -28,7 +28,7 @@ from transferlab.data import SOURCE_CLASSES, source_batch, source_dataset, sourc
 from transferlab.env import seed_everything
 from transferlab.models import NORM_MEAN, NORM_STD, REBUILD_COMMAND, TinyResNet, TinyResNet_Weights
 from transferlab.serialization import atomic_open, file_sha256, save_file
-from transferlab.training import train_steps
+from transferlab.training import evaluate, train_steps
 
 __all__ = ["PretrainConfig", "main", "pretrain", "source_accuracy"]
 
@@ -84,15 +84,11 @@ def pretrain(cfg: PretrainConfig, classes: Sequence[str] = SOURCE_CLASSES, log_e
     return model.eval()
 
 
-@torch.no_grad()
 def source_accuracy(model: nn.Module, classes: Sequence[str] = SOURCE_CLASSES, batch_size: int = 520) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on the fixed source test set."""
+    """Top-1 accuracy of ``model`` on the fixed source test set (the course's one evaluation loop, in eval mode)."""
     test = source_dataset("test", classes=classes)
-    correct = 0
-    for start in range(0, len(test), batch_size):
-        logits = model(_normalise(test.images[start : start + batch_size]))
-        correct += int((logits.argmax(1) == test.labels[start : start + batch_size]).sum())
-    return correct / len(test)
+    batches = zip(_normalise(test.images).split(batch_size), test.labels.split(batch_size), strict=True)
+    return evaluate(model, batches)[1]
 
 
 def _metadata(

@@ -1,9 +1,9 @@
 """How transferable are features? A small-scale version of Yosinski et al. (2014) on the course's letters.
 
 The 52 source letters are split into two halves A and B by a seeded random permutation (:func:`split_classes`).
-Base networks ``baseA`` and ``baseB`` are trained from scratch on their half with the course's pretraining recipe
-(:func:`train_on_task`). For a depth ``n`` (a number of TinyResNet *stages*: ``stem``, ``layer1`` .. ``layer4``)
-:func:`transfer_model` builds the paper's four transfer networks for task B:
+Base networks ``baseA`` and ``baseB`` are trained from scratch on their half with the grid's recipe
+(:class:`FitConfig`, :func:`fit`). For a depth ``n`` (a number of TinyResNet *stages*: ``stem``, ``layer1`` ..
+``layer4``) :func:`transfer_model` builds the paper's four transfer networks for task B:
 
 * ``BnB``  -- the first ``n`` stages copied from baseB and frozen, the rest re-initialised and trained on B;
 * ``BnB+`` -- the same, but every layer is fine-tuned;
@@ -13,13 +13,12 @@ Base networks ``baseA`` and ``baseB`` are trained from scratch on their half wit
 "Frozen" means frozen completely: ``requires_grad=False`` *and* the BatchNorm running statistics of the copied
 stages kept (:func:`transferlab.freeze.freeze_bn`), so a frozen stage computes exactly what it computed in the donor.
 
-Notebook 09's grid (``benchmarks/transferability.py``) is built from the functions below the streaming recipe:
+Notebook 09's grid (``benchmarks/transferability.py``) is built from the functions below:
 fixed finite data per half (:func:`task_data`: 16x16 scenes, ``TRAIN_PER_CLASS`` / ``TEST_PER_CLASS`` per
 letter), one recipe and budget for donors and every run (:class:`FitConfig`, :func:`fit`, which computes a frozen
 prefix once instead of every step), a narrow network (``WIDTHS``), per-image correctness (:func:`correct`,
-:func:`pack_correct`) and paired statistics over seeds and test images (:func:`paired_difference`).
-:func:`train_on_task` / :func:`task_stream` / :func:`task_accuracy` are the earlier streaming recipe (a fresh batch
-every step), kept for other uses.
+:func:`pack_correct`) and paired statistics over seeds and test images (:func:`paired_difference`). The streaming
+recipe that builds the course's weights (a fresh batch of scenes every step) is :mod:`transferlab.pretrain`'s alone.
 
 Example:
     >>> task_a, task_b = split_classes(seed=0)
@@ -41,11 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferlab.data import SOURCE_CLASSES, render_scenes, source_batch, source_dataset, source_glyphs
+from transferlab.data import SOURCE_CLASSES, render_scenes, source_glyphs
 from transferlab.freeze import freeze, freeze_bn
 from transferlab.models import NORM_MEAN, NORM_STD, TinyResNet
-from transferlab.pretrain import PretrainConfig
-from transferlab.training import train_steps
 
 __all__ = [
     "STAGES",
@@ -64,10 +61,7 @@ __all__ = [
     "scratch_model",
     "split_classes",
     "stage_modules",
-    "task_accuracy",
     "task_data",
-    "task_stream",
-    "train_on_task",
     "transfer_model",
     "unpack_correct",
     "variant_name",
@@ -224,97 +218,6 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(NORM_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(NORM_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
-
-
-def task_stream(classes: Sequence[str], cfg: PretrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches :func:`train_on_task` draws for ``cfg``, rendered once (to share them between runs).
-
-    Step ``i`` is a batch of ``cfg.batch_size`` fresh scenes at difficulty ``min(1, i / (cfg.ramp * cfg.steps))``
-    (the curriculum), seeded by ``cfg.seed`` and ``i`` exactly as :func:`transferlab.pretrain.pretrain` draws them.
-
-    Example:
-        >>> images, labels = task_stream(("A", "B"), PretrainConfig(steps=3, batch_size=4))[0]
-        >>> images.shape, labels.shape
-        (torch.Size([4, 3, 32, 32]), torch.Size([4]))
-    """
-    if cfg.steps < 1:
-        raise ValueError(f"cfg.steps must be at least 1, got {cfg.steps}")
-    glyphs = source_glyphs("train", cfg.glyphs_per_class)
-    return [
-        source_batch(
-            cfg.batch_size, min(1.0, step / max(1, cfg.ramp * cfg.steps)), 1_000_003 * cfg.seed + step, classes, glyphs
-        )
-        for step in range(cfg.steps)
-    ]
-
-
-def train_on_task(
-    model: nn.Module,
-    classes: Sequence[str],
-    cfg: PretrainConfig,
-    device: str | torch.device = "cpu",
-    stream: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> nn.Module:
-    """Train ``model`` on the letters ``classes`` with the course's pretraining recipe; returns it in eval mode.
-
-    The recipe of :func:`transferlab.pretrain.pretrain` (a fresh batch of scenes every step from ``cfg.seed``,
-    difficulty ramped 0 -> 1 over ``cfg.ramp`` of the steps, AdamW, OneCycle, label smoothing) applied to a given
-    model through :func:`transferlab.training.train_steps`. Only parameters with ``requires_grad`` are optimised,
-    so frozen stages stay as they are. On a :func:`scratch_model` with the same seed it gives exactly
-    ``pretrain(cfg, classes)``.
-
-    Args:
-        stream: the batches, if already rendered by :func:`task_stream` (same result, faster when runs share it).
-
-    Example:
-        >>> cfg = PretrainConfig(steps=2, batch_size=8)
-        >>> _ = train_on_task(scratch_model(2, 0), ("A", "B"), cfg)
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters (everything is frozen); unfreeze the head at least")
-    stream = task_stream(classes, cfg) if stream is None else stream
-    if len(stream) != cfg.steps:
-        raise ValueError(
-            f"the stream has {len(stream)} batches but cfg.steps is {cfg.steps}; render it with "
-            "task_stream(classes, cfg) for the same cfg"
-        )
-    model.to(device)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    train_steps(
-        model,
-        stream.__getitem__,
-        cfg.steps,
-        optimizer,
-        transform=_normalise,
-        scheduler=schedule,
-        loss_fn=loss_fn,
-        device=device,
-    )
-    return model.eval()
-
-
-@torch.no_grad()
-def task_accuracy(
-    model: nn.Module, classes: Sequence[str], device: str | torch.device = "cpu", batch_size: int = 520
-) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on the fixed source test scenes of ``classes`` (30 per letter).
-
-    Example:
-        >>> 0.0 <= task_accuracy(scratch_model(2, 0), ("A", "B")) <= 1.0
-        True
-    """
-    test = source_dataset("test", classes=classes)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(test), batch_size):
-        images = _normalise(test.images[start : start + batch_size].to(device))
-        correct += int((model(images).argmax(1).cpu() == test.labels[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(test)
 
 
 # ------------------------------------------------------------------------------------ the grid's fixed finite data
