@@ -55,8 +55,7 @@ from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
 from transferlab.features import extract_features
 from transferlab.heads import replace_head
-from transferlab.models import TinyResNet_Weights, tiny_resnet
-from transferlab.serialization import load_state_dict_file
+from transferlab.models import TinyResNet_Weights, tiny_resnet, tiny_resnet_from_file
 from transferlab.training import evaluate, train_recipe
 
 from provenance import RESULTS, csv_header, run_info, run_started
@@ -137,9 +136,7 @@ def pretrained(weights: str | None, seed: int) -> nn.Module:
     if weights is None:
         model = tiny_resnet(weights=TinyResNet_Weights.DEFAULT)
     else:
-        state = load_state_dict_file(weights)
-        model = tiny_resnet(num_classes=len(state["fc.bias"]))
-        model.load_state_dict(state)
+        model = tiny_resnet_from_file(weights)  # all or nothing; the head replaced below
     return replace_head(model, len(TARGET_CLASSES))
 
 

@@ -281,12 +281,14 @@ def test_a_missing_weights_file_is_a_clear_error_and_the_group_is_destroyed(one_
 
 def test_weights_that_are_not_a_tiny_resnet_are_refused(one_process, tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "linear.pt")
-    with pytest.raises(ValueError, match="not a TinyResNet state_dict"):
+    with pytest.raises(IncompleteLoadError, match="not a TinyResNet state_dict"):
         distributed.main(["--weights", str(tmp_path / "linear.pt"), "--out", str(tmp_path / "x.pt")])
     wrong = tiny_resnet(weights=None).state_dict()
     wrong["conv1.weight"] = torch.zeros(8, 3, 3, 3)
     torch.save(wrong, tmp_path / "wrong.pt")
-    with pytest.raises(IncompleteLoadError, match=r"(?s)does not fit TinyResNet.*conv1.weight source \[8, 3, 3, 3\]"):
+    with pytest.raises(
+        IncompleteLoadError, match=r"(?s)wrong.pt does not fit TinyResNet.*conv1.weight source \[8, 3, 3, 3\]"
+    ):
         distributed.load_pretrained(str(tmp_path / "wrong.pt"))
 
 

@@ -163,3 +163,22 @@ def test_an_altered_weights_file_is_refused_before_unpickling(monkeypatch, tmp_p
 def test_the_shipped_file_matches_its_recorded_sha256():
     weights = TinyResNet_Weights.DEFAULT
     assert file_sha256(weights.url) == weights.meta["sha256"], "rebuild: python -m transferlab.pretrain"
+
+
+def test_tiny_resnet_from_file_loads_all_or_nothing_then_replaces_the_head(tmp_path):
+    from transferlab.models import tiny_resnet_from_file
+    from transferlab.serialization import IncompleteLoadError
+
+    torch.manual_seed(0)
+    source = tiny_resnet(num_classes=5)
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, wrapped)  # a DDP checkpoint
+    same = tiny_resnet_from_file(wrapped)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
+    new = tiny_resnet_from_file(wrapped, num_classes=3)
+    assert new.fc.out_features == 3 and torch.equal(new.layer4[0].conv2.weight, source.layer4[0].conv2.weight)
+    state = source.state_dict()
+    del state["layer2.0.bn1.running_var"]
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(IncompleteLoadError, match=r"(?s)partial.pt does not fit TinyResNet.*layer2.0.bn1.running_var"):
+        tiny_resnet_from_file(tmp_path / "partial.pt")

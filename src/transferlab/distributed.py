@@ -59,9 +59,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
-from transferlab.loading import clean_state_dict, load_matching
-from transferlab.models import TinyResNet, TinyResNet_Weights
-from transferlab.serialization import IncompleteLoadError, load_state_dict_file, save_file
+from transferlab.models import TinyResNet, TinyResNet_Weights, tiny_resnet, tiny_resnet_from_file
+from transferlab.serialization import save_file
 from transferlab.training import BatchSource, train_steps
 
 __all__ = [
@@ -192,33 +191,19 @@ def per_rank_batch(n_train: int, batch_size: int, world_size: int) -> int:
 def load_pretrained(weights: str, num_classes: int = len(TARGET_CLASSES)) -> TinyResNet:
     """A TinyResNet with ``weights`` (``"DEFAULT"`` or a state_dict / checkpoint file) and a fresh ``num_classes`` head.
 
-    The file is read by `load_state_dict_file` (``weights_only=True``, clear errors, ``{"model": ...}`` unwrapped),
-    cleaned of ``module.`` prefixes, then loaded strictly: a file that does not fit TinyResNet is an error, never a
-    silent partial load.
+    ``"DEFAULT"`` is ``tiny_resnet(weights=TinyResNet_Weights.DEFAULT)``; a file goes through
+    :func:`transferlab.models.tiny_resnet_from_file` (``weights_only=True``, all or nothing), the course's one path
+    from a weights file to a model with a new head.
 
     Example:
         >>> load_pretrained("DEFAULT").fc
         Linear(in_features=256, out_features=10, bias=True)
     """
     if weights == "DEFAULT":
-        weights = TinyResNet_Weights.DEFAULT.url
-    state = clean_state_dict(load_state_dict_file(weights))
-    if "fc.weight" not in state:
-        raise ValueError(
-            f"--weights {weights}: not a TinyResNet state_dict (no 'fc.weight'; found "
-            f"{list(state)[:3]}...); pass a file saved from tiny_resnet(), or DEFAULT"
-        )
-    model = TinyResNet(num_classes=state["fc.weight"].shape[0])
-    try:
-        load_matching(model, state, strict=True, clean=False)  # all or nothing, with a report of what did not fit
-    except IncompleteLoadError as err:
-        misfit = IncompleteLoadError(
-            f"--weights {weights} does not fit TinyResNet, so nothing was loaded:\n{err.report!r}"
-        )
-        misfit.report = err.report
-        raise misfit from err
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+        model = tiny_resnet(weights=TinyResNet_Weights.DEFAULT)  # the shipped file, SHA-256 checked
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return model
+    return tiny_resnet_from_file(weights, num_classes)
 
 
 def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:

@@ -30,9 +30,24 @@ from torchvision.models import Weights, WeightsEnum
 from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.transforms import Normalize
 
-from transferlab.serialization import WeightsNotFoundError, check_sha256, load_state_dict_file, verify_weights
+from transferlab.loading import clean_state_dict, load_matching
+from transferlab.serialization import (
+    IncompleteLoadError,
+    WeightsNotFoundError,
+    check_sha256,
+    load_state_dict_file,
+    verify_weights,
+)
 
-__all__ = ["NORM_MEAN", "NORM_STD", "WEIGHTS_DIR", "TinyResNet", "TinyResNet_Weights", "tiny_resnet"]
+__all__ = [
+    "NORM_MEAN",
+    "NORM_STD",
+    "WEIGHTS_DIR",
+    "TinyResNet",
+    "TinyResNet_Weights",
+    "tiny_resnet",
+    "tiny_resnet_from_file",
+]
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 _CHECKPOINT = os.path.join(WEIGHTS_DIR, "tiny_resnet_letters_v1.pt")
@@ -152,4 +167,39 @@ def tiny_resnet(weights: TinyResNet_Weights | str | None = None, num_classes: in
         )
     model = TinyResNet(num_classes=n_categories)
     model.load_state_dict(weights.get_state_dict())
+    return model
+
+
+def tiny_resnet_from_file(path: str | os.PathLike, num_classes: int | None = None) -> TinyResNet:
+    """A TinyResNet with the weights of a state_dict or checkpoint file, then (optionally) a fresh head.
+
+    The one path from a file of TinyResNet weights (yours, e.g. from ``python -m transferlab.pretrain --out``) to a
+    model: read with ``weights_only=True`` (``{"model": ...}`` unwrapped, ``module.`` prefixes removed), the model
+    built with as many classes as the file's head has, loaded all or nothing; then, if ``num_classes`` is given,
+    ``fc`` is replaced by a new ``nn.Linear(256, num_classes)``. For the shipped weights use
+    ``tiny_resnet(weights=TinyResNet_Weights.DEFAULT)`` (SHA-256 checked).
+
+    Raises:
+        WeightsNotFoundError, WeightsFileError: no file, or not a plain weights file.
+        IncompleteLoadError: the file is not TinyResNet's (no ``fc.weight``) or does not fit it; nothing is loaded.
+
+    Example:
+        >>> tiny_resnet_from_file(TinyResNet_Weights.DEFAULT.url, num_classes=10).fc
+        Linear(in_features=256, out_features=10, bias=True)
+    """
+    state = clean_state_dict(load_state_dict_file(path))
+    if "fc.weight" not in state:
+        raise IncompleteLoadError(
+            f"{path} is not a TinyResNet state_dict (no 'fc.weight'; found {list(state)[:3]}...): pass a file saved "
+            "from tiny_resnet() (model.state_dict()), or use tiny_resnet(weights=TinyResNet_Weights.DEFAULT)."
+        )
+    model = TinyResNet(num_classes=state["fc.weight"].shape[0])
+    try:
+        load_matching(model, state, strict=True, clean=False)  # all or nothing, with a report of what did not fit
+    except IncompleteLoadError as err:
+        misfit = IncompleteLoadError(f"{path} does not fit TinyResNet, so nothing was loaded:\n{err.report!r}")
+        misfit.report = err.report
+        raise misfit from err
+    if num_classes is not None:
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
