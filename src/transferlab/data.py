@@ -59,6 +59,7 @@ __all__ = [
     "TARGET_DIFFICULTY",
     "TARGET_PALETTE",
     "SceneDataset",
+    "few_shot_indices",
     "render_scenes",
     "source_batch",
     "source_dataset",
@@ -389,16 +390,24 @@ def target_split_indices() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(pool), torch.from_numpy(np.sort(test))
 
 
-def _k_per_class(pool: Tensor, labels: Tensor, k: int | None, seed: int) -> Tensor:
-    """``k`` indices per class from ``pool`` (all if ``k`` is None), chosen by ``seed``."""
+def few_shot_indices(labels: Tensor, k: int | None, seed: int) -> Tensor:
+    """Indices of ``k`` samples per class of ``labels`` (all of them, shuffled, if ``k`` is None), drawn without
+    replacement by ``seed``, class by class: the course's one k-per-class sampler.
+
+    Example:
+        >>> few_shot_indices(torch.tensor([0, 0, 1, 1, 1]), k=1, seed=0).shape
+        torch.Size([2])
+    """
     g = torch.Generator().manual_seed(seed)
+    classes = labels.unique().tolist()
+    counts = {c: int((labels == c).sum()) for c in classes}
     chosen = []
-    for c in range(len(TARGET_CLASSES)):
-        members = pool[labels[pool] == c]
+    for c in classes:
+        members = torch.nonzero(labels == c).flatten()
         if k is not None and not 1 <= k <= len(members):
             raise ValueError(
-                f"k={k} per class is not available: class {c} has {len(members)} training images; "
-                f"use 1 <= k <= {min(int((labels[pool] == c).sum()) for c in range(10))} or k=None"
+                f"k={k} per class is not available: class {c} has {len(members)} samples; "
+                f"use 1 <= k <= {min(counts.values())} or k=None"
             )
         chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
     return torch.cat(chosen)
@@ -434,7 +443,7 @@ def target_dataset(
     digits, labels = _digits()
     pool, test = target_split_indices()
     if split == "train":
-        index = _k_per_class(pool, labels, k, seed)
+        index = pool[few_shot_indices(labels[pool], k, seed)]
         scene_seed = 7919 * seed + 1
     elif split == "test":
         if k is not None or seed != 0:

@@ -22,6 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+from transferlab.data import few_shot_indices  # re-exported: notebook 08 and the photo benchmarks draw with it
+
 __all__ = [
     "LAYOUTS",
     "PHOTOS",
@@ -182,20 +184,3 @@ def photo_patches(
         images.append(torch.stack([grey[t : t + size, left : left + size] for t, left in corners.tolist()]))
         labels.append(torch.full((per_class,), label, dtype=torch.int64))
     return TensorDataset(torch.cat(images).unsqueeze(1).expand(-1, 3, -1, -1).contiguous(), torch.cat(labels))
-
-
-def few_shot_indices(labels: Tensor, k: int, seed: int) -> Tensor:
-    """Indices of ``k`` samples per class of ``labels``, drawn without replacement by ``seed`` (sorted by class).
-
-    Example:
-        >>> few_shot_indices(torch.tensor([0, 0, 1, 1, 1]), k=1, seed=0).shape
-        torch.Size([2])
-    """
-    g = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in labels.unique().tolist():
-        members = torch.nonzero(labels == c).flatten()
-        if not 1 <= k <= len(members):
-            raise ValueError(f"k={k} per class is not available: class {c} has {len(members)} samples")
-        chosen.append(members[torch.randperm(len(members), generator=g)[:k]])
-    return torch.cat(chosen)
