@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.models import TinyResNet_Weights, tiny_resnet
+from transferlab.serialization import atomic_open
 from transferlab.shift import SHIFTS, adapt_bn, shifted_target
 from transferlab.training import train_steps
 
@@ -217,9 +218,8 @@ def main(argv: list[str] | None = None) -> None:
         runs.append(run_seed(seed, args, tests))
         print(f"seed {seed}: {runs[-1]['cpu_seconds']} CPU s; adabn {runs[-1]['adabn']}", flush=True)
         result = {"provenance": run_info(started), "config": config, "complete": seed == args.seeds[-1], "runs": runs}
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
+        with atomic_open(path) as f:  # all or nothing: an interrupted run keeps the previous file
+            f.write(json.dumps(result, indent=1).encode("utf-8"))
     print("wrote", path)
 
 

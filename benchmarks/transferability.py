@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -44,6 +43,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from transferlab.data import SOURCE_CLASSES
+from transferlab.serialization import atomic_open
 from transferlab.transferability import (
     DIFFICULTY,
     STAGES,
@@ -85,16 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _write(result: dict[str, Any], path: str) -> None:
-    """Write JSON atomically: a temp file in the same folder, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=0)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write JSON all or nothing (transferlab.serialization.atomic_open)."""
+    with atomic_open(path) as f:
+        f.write((json.dumps(result, indent=0) + "\n").encode("utf-8"))
 
 
 def run_point(

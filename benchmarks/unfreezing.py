@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from transferlab.serialization import atomic_open
 from transferlab.training import evaluate, predict
 from transferlab.unfreezing import ARMS, Budget, run_arm, target_split
 
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         results["runs"].sort(key=lambda r: (r["phase"], order[r["arm"]], r["seed"], r["body_lr"] or 0, r["head_lr"]))
         results.update(extra, provenance=run_info(started))
         results["provenance"]["cpu_seconds_runs"] = round(sum(r["cpu_seconds"] for r in results["runs"]), 1)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-        os.replace(tmp, out)
+        with atomic_open(out) as f:  # all or nothing: an interrupted run keeps the previous file
+            f.write(json.dumps(results, indent=1).encode("utf-8"))
 
     def run_all(tasks: list[tuple]) -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
