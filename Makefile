@@ -116,7 +116,7 @@ handouts: install
 
 ## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
 check-exercises: install
-	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 2
+	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 3
 
 ## The torchrun launches of tests/test_distributed.py (2 processes each, about 15 s a launch; outside the suite).
 check-launches: install
