@@ -38,10 +38,11 @@ lab: install
 	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
-## Unit tests plus every notebook under nbval (the command CI runs): three pytest-xdist workers on 2 cores (measured
-## 2026-12-01, a few commits apart: 306 s, against 321 s with two and 343 s with four); each test file (each notebook) runs whole on one worker.
+## Unit tests plus every notebook under nbval (the command CI runs): two pytest-xdist workers, one per core; each
+## test file (each notebook) runs whole on one worker. Three workers finished in about the same time (measured
+## 300 and 322 s, against 301 s with two, 2026-12-03) and slowed each notebook down (notebook 05: 78 to 105 s against 69 s).
 test: install
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## Unit tests and docstring examples only (no notebook, no kernel-starting `slow` test; about 30 s on two workers).
 unit: install
@@ -98,7 +99,7 @@ bench-cache: install
 bench-batch: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batch_size.py
 
-## Whole suite serial vs pytest-xdist (-n 3 --dist loadfile, as make test), both must pass (src/transferlab/results/suite_time.json).
+## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile, as make test), both must pass (src/transferlab/results/suite_time.json).
 bench-suite: install
 	$(BIN)/python benchmarks/suite_time.py
 
@@ -116,7 +117,7 @@ handouts: install
 
 ## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
 check-exercises: install
-	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 3
+	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 2
 
 ## The torchrun launches of tests/test_distributed.py (2 processes each, about 15 s a launch; outside the suite).
 check-launches: install

@@ -2,7 +2,7 @@
 
 Runs `python -m pytest <notebook>` once per notebook (nbval executes it in a fresh kernel and compares
 its outputs), then, unless --no-suite, the whole suite as `make test` runs it
-(`python -m pytest -n 3 --dist loadfile`: unit tests + every notebook on three xdist workers).
+(`python -m pytest -n 2 --dist loadfile`: unit tests + every notebook on two xdist workers).
 
     PYTHONPATH=src python benchmarks/notebook_times.py                 # every notebook + whole suite
     PYTHONPATH=src python benchmarks/notebook_times.py --no-suite notebooks/05_*.ipynb

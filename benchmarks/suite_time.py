@@ -1,10 +1,10 @@
-"""Benchmark: the whole test suite serial vs with pytest-xdist (`-n 3 --dist loadfile`, as `make test`); both must pass.
+"""Benchmark: the whole test suite serial vs with pytest-xdist (`-n 2 --dist loadfile`, as `make test`); both must pass.
 
 `--dist loadfile` sends every test file, and so every notebook, to one worker: a notebook's cells run in order in
 one kernel, as nbval needs. The suite counts as faster under xdist only if both runs pass.
 
     PYTHONPATH=src python benchmarks/suite_time.py              # make bench-suite; run it on a QUIET machine
-    PYTHONPATH=src python benchmarks/suite_time.py --workers 2 --repeats 2   # another worker count, twice each
+    PYTHONPATH=src python benchmarks/suite_time.py --workers 3 --repeats 2   # another worker count, twice each
 
 Writes src/transferlab/results/suite_time.json: wall and CPU seconds, outcome and pytest's summary line of every run,
 the serial/xdist ratio, and the provenance (command, commit, load average).
@@ -39,7 +39,7 @@ def measure(label: str, *args: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=3, help="xdist workers (3: make test's)")
+    parser.add_argument("--workers", type=int, default=2, help="xdist workers (2: make test's)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate serial and xdist runs this many times")
     args = parser.parse_args()
     started = run_started()

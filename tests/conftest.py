@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Test modules that start servers or other processes: marked `slow`, so `make unit` (`-m "not slow"`) leaves them out.
 SLOW_MODULES = {"test_lab.py"}  # starts JupyterLab
 
-# `make test` runs three pytest-xdist workers on 2 cores: one thread each, in the tests and in every process they
+# `make test` runs two pytest-xdist workers on 2 cores: one thread each, in the tests and in every process they
 # start. Notebook kernels inherit these variables before numpy and torch load, so OpenBLAS and OpenMP start one
 # thread too: two processes whose libraries each spin up a thread per core slow each other down many times over
 # (a notebook-08 cell took 147 s that way, 3.5 s with one thread each). The notebooks set one torch thread themselves.
