@@ -43,7 +43,7 @@ from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.serialization import atomic_open
 from transferlab.shift import SHIFTS, adapt_bn, shifted_target
-from transferlab.training import train_steps
+from transferlab.training import predict, train_steps
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from provenance import RESULTS, run_info, run_started
@@ -107,27 +107,21 @@ def features(model: nn.Module, x: Tensor) -> Tensor:
     return torch.cat([body(b) for b in x.split(100)])
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    model.eval()
-    return float((torch.cat([model(b) for b in x.split(100)]).argmax(1) == y).float().mean())
+    preds, _ = predict(model, zip(x.split(100), y.split(100), strict=True))
+    return float((preds == y).float().mean())
 
 
 def head_accuracy(head: nn.Module, feats: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return float((head(feats).argmax(1) == y).float().mean())
+    preds, _ = predict(head, [(feats, y)])
+    return float((preds == y).float().mean())
 
 
 def train_head(feats: Tensor, y: Tensor, init: nn.Linear | None, lr: float, steps: int, seed: int) -> nn.Linear:
     """A linear head, fresh (``init=None``, drawn with ``seed``) or a copy of ``init``: full-batch AdamW steps."""
     torch.manual_seed(seed)
     head = nn.Linear(feats.shape[1], NUM_CLASSES) if init is None else copy.deepcopy(init)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(head(feats), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    train_steps(head, lambda step: (feats, y), steps, torch.optim.AdamW(head.parameters(), lr=lr))
     return head
 
 

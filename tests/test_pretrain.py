@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from transferlab import pretrain
+from transferlab import pretrain, training
 from transferlab.data import SOURCE_CLASSES, source_batch, source_glyphs
 from transferlab.models import tiny_resnet
 
@@ -71,21 +71,25 @@ def test_main_with_excluded_letters_builds_a_smaller_head(tmp_path, small_source
     assert "O" not in meta["categories"] and len(meta["categories"]) == len(SOURCE_CLASSES) - 3
 
 
-def test_pretrain_steps_are_the_library_loop(monkeypatch):
-    """pretrain() trains through transferlab.training.train_steps with the configured budget."""
+def test_pretrain_steps_are_the_library_recipe(monkeypatch):
+    """pretrain() trains through train_one_cycle (train_steps underneath) with the configured budget and recipe."""
     seen = {}
 
     def spy(model, data, steps, optimizer, **kwargs):
-        seen.update(steps=steps, batch=data(0), scheduler=kwargs["scheduler"], transform=kwargs["transform"])
+        seen.update(steps=steps, batch=data(0), optimizer=optimizer, **kwargs)
         return [0.0] * steps
 
-    monkeypatch.setattr(pretrain, "train_steps", spy)
+    monkeypatch.setattr(training, "train_steps", spy)
     cfg = pretrain.PretrainConfig()
     cfg.steps, cfg.batch_size, cfg.glyphs_per_class = 5, 4, 1
     pretrain.pretrain(cfg, log_every=0)
     images, labels = seen["batch"]
     assert seen["steps"] == 5 and images.shape == (4, 3, 32, 32) and labels.shape == (4,)
     assert isinstance(seen["scheduler"], torch.optim.lr_scheduler.OneCycleLR)
+    assert seen["scheduler"].total_steps == 5
+    assert isinstance(seen["optimizer"], torch.optim.AdamW)
+    assert seen["optimizer"].defaults["weight_decay"] == cfg.weight_decay
+    assert seen["loss_fn"].label_smoothing == cfg.label_smoothing
     normalised = seen["transform"](torch.full((1, 3, 2, 2), 0.75))
     assert torch.allclose(normalised, torch.ones(1, 3, 2, 2))  # (0.75 - 0.5) / 0.25
 

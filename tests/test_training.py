@@ -7,7 +7,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlab.training import History, evaluate, fit, predict, train_one_epoch, train_recipe, train_steps
+from transferlab.training import (
+    History,
+    OneCycleRecipe,
+    evaluate,
+    fit,
+    predict,
+    train_one_cycle,
+    train_one_epoch,
+    train_recipe,
+    train_steps,
+)
 
 
 def blobs(n: int = 96, seed: int = 0) -> TensorDataset:
@@ -215,6 +225,54 @@ def test_train_recipe_is_adamw_with_a_cosine_schedule_on_seeded_batches():
         assert torch.equal(pa, pb), name
     c = make_model()
     assert train_recipe(c, c.parameters(), (x, y), 12, 0.05, seed=4, batch_size=16) != losses  # the seed matters
+
+
+def test_train_one_cycle_is_adamw_onecycle_and_label_smoothing_written_out():
+    x, y = blobs().tensors
+    recipe = OneCycleRecipe(lr=0.05, weight_decay=0.01, label_smoothing=0.2, batch_size=16)
+    a, b = make_model(), make_model()
+    losses = train_one_cycle(a, (x, y), 12, recipe, generator=torch.Generator().manual_seed(3))
+    # the same recipe in plain PyTorch
+    opt = torch.optim.AdamW(b.parameters(), lr=0.05, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+    g = torch.Generator().manual_seed(3)
+    b.train()
+    plain = []
+    for _ in range(12):
+        pick = torch.randint(len(y), (16,), generator=g)
+        loss = nn.functional.cross_entropy(b(x[pick]), y[pick], label_smoothing=0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        plain.append(loss.item())
+    assert losses == plain
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    c = make_model()
+    other = train_one_cycle(
+        c,
+        (x, y),
+        12,
+        OneCycleRecipe(lr=0.05, label_smoothing=0.0, batch_size=16),
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert other != losses  # label smoothing (and weight decay) change the run
+
+
+def test_train_one_cycle_trains_only_the_given_params_and_rejects_a_zero_budget():
+    x, y = blobs().tensors
+    model = make_model()
+    first = copy.deepcopy(model[0].state_dict())
+    train_one_cycle(model, (x, y), 4, params=model[3].parameters(), generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, model[0].state_dict()[k]) for k, v in first.items())  # not in params: unchanged
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        train_one_cycle(model, (x, y), 0)
+
+
+def test_predict_on_an_empty_loader_is_a_clear_error():
+    with pytest.raises(ValueError, match="yielded no samples"):
+        predict(make_model(), [])
 
 
 def test_train_steps_repeats_with_the_same_seed_and_differs_with_another():

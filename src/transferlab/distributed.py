@@ -61,7 +61,7 @@ from transferlab.data import TARGET_CLASSES, target_dataset
 from transferlab.env import seed_everything
 from transferlab.models import TinyResNet, TinyResNet_Weights, tiny_resnet, tiny_resnet_from_file
 from transferlab.serialization import save_file
-from transferlab.training import BatchSource, train_steps
+from transferlab.training import BatchSource, predict, train_steps
 
 __all__ = [
     "DistInfo",
@@ -251,12 +251,11 @@ def evaluate_sharded(model: nn.Module, dataset: Any, info: DistInfo, batch_size:
     Example:
         >>> test_acc = evaluate_sharded(ddp.module, target_dataset("test"), info)  # doctest: +SKIP
     """
-    model.eval()
-    loader = DataLoader(Subset(dataset, shard_indices(len(dataset), info.rank, info.world_size)), batch_size)
+    shard = shard_indices(len(dataset), info.rank, info.world_size)
     correct = seen = 0
-    for images, labels in loader:
-        correct += int((model(images.to(info.device)).argmax(1) == labels.to(info.device)).sum())
-        seen += len(labels)
+    if len(shard):  # more processes than images leaves a shard empty
+        preds, targets = predict(model, DataLoader(Subset(dataset, shard), batch_size), device=info.device)
+        correct, seen = int((preds == targets).sum()), len(targets)
     correct, seen = all_reduce_sum([correct, seen], info.device)
     return correct / seen
 

@@ -36,7 +36,7 @@ from transferlab.features import extract_features
 from transferlab.imagefolder import ImageFolderError, Splits, load_splits
 from transferlab.lite0 import EfficientNetLite0_Weights, efficientnet_lite0
 from transferlab.progress import tqdm
-from transferlab.training import train_steps
+from transferlab.training import predict, train_steps
 
 __all__ = [
     "FolderData",
@@ -132,7 +132,6 @@ def augment(raw: torch.Tensor, size: int, scale: tuple[float, float] = (0.5, 1.0
     return (batch - 0.5) / 0.5
 
 
-@torch.no_grad()
 def accuracy(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -140,15 +139,10 @@ def accuracy(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> float:
-    """Accuracy of ``model`` on in-memory inputs (eval mode, no gradients; the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    correct = sum(
-        int((model(x.to(device)).argmax(1).cpu() == y).sum())
-        for x, y in zip(inputs.split(batch_size), labels.split(batch_size), strict=True)
-    )
-    model.train(was_training)
-    return correct / len(labels)
+    """Accuracy of ``model`` on in-memory inputs (`transferlab.training.predict`: eval mode, no gradients; the mode
+    is restored)."""
+    preds, _ = predict(model, zip(inputs.split(batch_size), labels.split(batch_size), strict=True), device=device)
+    return int((preds == labels.cpu()).sum()) / len(labels)
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,6 +3,16 @@
 The loops are the plain PyTorch ones a learner writes by hand in notebook 05, wrapped so later
 notebooks can call them in one line. `train_steps` trains for a fixed number of optimisation steps instead
 of epochs (the budget used by pretraining and by the benchmarks, where every method gets the same steps).
+
+Two recipes are built on `train_steps`, each with its settings in one place:
+
+* `train_recipe`: the comparison recipe of notebook 05 and ``benchmarks/transfer_gain.py`` (AdamW, cosine to 0);
+* `train_one_cycle` with a `OneCycleRecipe`: AdamW, a OneCycle schedule and label smoothing, the recipe that
+  built the shipped TinyResNet (:mod:`transferlab.pretrain`) and trains every network of notebook 09's grid
+  (:func:`transferlab.transferability.fit`).
+
+`evaluate` (loss and accuracy) and `predict` (the predicted classes) are the evaluation loops; every accuracy
+in the package and the benchmarks is computed by one of them.
 """
 
 from __future__ import annotations
@@ -17,7 +27,18 @@ from torch import nn
 
 from transferlab.progress import tqdm
 
-__all__ = ["BatchSource", "History", "evaluate", "fit", "predict", "train_one_epoch", "train_recipe", "train_steps"]
+__all__ = [
+    "BatchSource",
+    "History",
+    "OneCycleRecipe",
+    "evaluate",
+    "fit",
+    "predict",
+    "train_one_cycle",
+    "train_one_epoch",
+    "train_recipe",
+    "train_steps",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A batch source for `train_steps`: called with the step number, returns that step's (inputs, targets).
@@ -136,6 +157,8 @@ def predict(
         preds.append(model(inputs.to(device)).argmax(dim=1).cpu())
         targets.append(torch.as_tensor(labels).cpu())
     model.train(was_training)
+    if not preds:
+        raise ValueError("the prediction loader yielded no samples; check the dataset.")
     return torch.cat(preds), torch.cat(targets)
 
 
@@ -315,4 +338,69 @@ def train_recipe(
         transform=transform,
         scheduler=schedule,
         device=device,
+    )
+
+
+@dataclass(frozen=True)
+class OneCycleRecipe:
+    """AdamW with a OneCycle schedule up to ``lr`` and label smoothing: the settings of `train_one_cycle`.
+
+    The defaults built the shipped TinyResNet (:class:`transferlab.pretrain.PretrainConfig` repeats them as
+    command-line flags) and train every network of notebook 09's grid (:class:`transferlab.transferability.FitConfig`
+    extends this class with the epochs and the batch order's seed).
+    """
+
+    lr: float = 4e-3  # the OneCycle peak
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    batch_size: int = 128  # used when `train_one_cycle` draws the batches itself
+
+
+def train_one_cycle(
+    model: nn.Module,
+    data: Batch | BatchSource,
+    steps: int,
+    recipe: OneCycleRecipe = OneCycleRecipe(),
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    generator: torch.Generator | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` for ``steps`` steps with ``recipe`` (AdamW, OneCycle, label smoothing), one `train_steps` call.
+
+    ``params`` defaults to every parameter of ``model``; ``data``, ``generator``, ``transform``, ``device`` and
+    ``on_step`` are passed to `train_steps` (``recipe.batch_size`` is the batch size when ``data`` is a pair of
+    tensors).
+
+    Returns:
+        the training loss of every step.
+
+    Example:
+        >>> model = nn.Linear(4, 3)
+        >>> x, y = torch.randn(20, 4), torch.arange(20) % 3
+        >>> losses = train_one_cycle(model, (x, y), 6, OneCycleRecipe(lr=1e-2, batch_size=8),
+        ...                          generator=torch.Generator().manual_seed(0))
+        >>> len(losses)
+        6
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    optimizer = torch.optim.AdamW(
+        model.parameters() if params is None else params, lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=steps)
+    return train_steps(
+        model,
+        data,
+        steps,
+        optimizer,
+        batch_size=recipe.batch_size,
+        generator=generator,
+        transform=transform,
+        scheduler=schedule,
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing),
+        device=device,
+        on_step=on_step,
     )

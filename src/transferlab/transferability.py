@@ -43,6 +43,7 @@ from torch import nn
 from transferlab.data import SOURCE_CLASSES, render_scenes, source_glyphs
 from transferlab.freeze import freeze, freeze_bn
 from transferlab.models import NORM_MEAN, NORM_STD, TinyResNet
+from transferlab.training import OneCycleRecipe, predict, train_one_cycle
 
 __all__ = [
     "STAGES",
@@ -279,15 +280,24 @@ def head_from(model: TinyResNet, h: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FitConfig:
-    """The grid's recipe: AdamW, OneCycle to ``lr``, label smoothing, ``epochs`` passes over fixed data."""
+class FitConfig(OneCycleRecipe):
+    """The grid's recipe: the course's OneCycle recipe (AdamW, OneCycle to ``lr``, label smoothing; the fields of
+    :class:`transferlab.training.OneCycleRecipe`) for ``epochs`` passes over fixed data, in an order seeded by
+    ``seed``."""
 
     epochs: int = 20
-    batch_size: int = 128
-    lr: float = 4e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
     seed: int = 0  # the order of the batches (the weights' seed is the model's)
+
+
+class _Tail(nn.Module):
+    """The stages of ``model`` after the first ``frozen`` ones: what trains on a cached frozen prefix."""
+
+    def __init__(self, model: TinyResNet, frozen: int) -> None:
+        super().__init__()
+        self.model, self.frozen = model, frozen
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return head_from(self.model, h, self.frozen)
 
 
 def fit(model: TinyResNet, images: torch.Tensor, labels: torch.Tensor, cfg: FitConfig, frozen: int = 0) -> TinyResNet:
@@ -295,7 +305,8 @@ def fit(model: TinyResNet, images: torch.Tensor, labels: torch.Tensor, cfg: FitC
 
     ``frozen``: the number of leading stages that :func:`transfer_model` froze (0 for baseB and the ``+``
     variants). Their output never changes (no gradient, BatchNorm statistics kept), so it is computed once for the
-    whole training set and only the later stages run each step: the same training, several times cheaper.
+    whole training set and only the later stages run each step: the same training, several times cheaper. The
+    steps are :func:`transferlab.training.train_one_cycle`'s, on a reshuffled pass over the data each epoch.
 
     Example:
         >>> x, y = task_data(("A", "B"), per_class=4)
@@ -316,31 +327,30 @@ def fit(model: TinyResNet, images: torch.Tensor, labels: torch.Tensor, cfg: FitC
     with torch.no_grad():
         cached = torch.cat([features(model, images[i : i + 1024], frozen) for i in range(0, len(images), 1024)])
     steps_per_epoch = -(-len(labels) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     order = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(len(labels), generator=order)
-        for step in range(steps_per_epoch):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = loss_fn(head_from(model, cached[idx], frozen), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    perm = torch.empty(0, dtype=torch.long)
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:  # epoch after epoch, each a new permutation
+        nonlocal perm
+        i = step % steps_per_epoch
+        if i == 0:
+            perm = torch.randperm(len(labels), generator=order)
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        return cached[idx], labels[idx]
+
+    train_one_cycle(
+        _Tail(model, frozen), batches, cfg.epochs * steps_per_epoch, cfg, params=params, device=images.device
+    )
     return model.eval()
 
 
-@torch.no_grad()
 def correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Per-image correctness (bool [N]) of ``model`` in eval mode; its mean is the accuracy."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
-    model.train(was_training)
-    return out == labels
+    """Per-image correctness (bool [N]) of ``model`` in eval mode (:func:`transferlab.training.predict`); its mean
+    is the accuracy."""
+    preds, _ = predict(
+        model, zip(images.split(batch_size), labels.split(batch_size), strict=True), device=images.device
+    )
+    return preds.to(labels.device) == labels
 
 
 def pack_correct(hits: torch.Tensor) -> str:
