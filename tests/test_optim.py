@@ -1,11 +1,13 @@
-"""Tests for transferlab.optim: parameter groups and gradual unfreezing."""
+"""Tests for transferlab.optim: parameter groups, gradual unfreezing and the learning-rate search."""
+
+import math
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferlab.optim import GradualUnfreezer, param_groups
+from transferlab.optim import HALF_DECADES, GradualUnfreezer, LRSearch, param_groups, tune_lr
 from transferlab.training import fit
 
 
@@ -105,3 +107,33 @@ def test_gradual_unfreezer_rejects_unknown_names_and_missing_lrs():
         GradualUnfreezer(model, opt, {1: ["layer4"]}, default_lr=0.1)
     with pytest.raises(ValueError, match="learning rate"):
         GradualUnfreezer(model, opt, {1: ["layer1"]})
+
+
+def test_tune_lr_widens_an_edge_choice_until_it_is_inside():
+    calls = []
+
+    def score(lr):
+        calls.append(lr)
+        return -abs(math.log10(lr) - math.log10(0.03))  # best at 3e-2, above the starting grid
+
+    found = tune_lr(score, (1e-3, 3e-3, 1e-2))
+    assert found.best == 0.03 and not found.at_edge
+    assert list(found.scores) == [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # two rungs added above, none below
+    assert sorted(calls) == list(found.scores)  # each rate scored once
+
+
+def test_tune_lr_keeps_an_inside_choice_and_breaks_ties_toward_the_rate_scored_first():
+    assert tune_lr(lambda lr: {1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}[lr], (1e-3, 3e-3, 1e-2)) == LRSearch(
+        3e-3, {1e-3: 0.5, 3e-3: 0.7, 1e-2: 0.6}, at_edge=False
+    )
+    flat = tune_lr(lambda lr: 1.0, (1e-3, 3e-3, 1e-2))  # a plateau: one rung below is tried, then the search stops
+    assert flat.best == 1e-3 and list(flat.scores) == [3e-4, 1e-3, 3e-3, 1e-2] and not flat.at_edge
+
+
+def test_tune_lr_reports_an_edge_when_the_ladder_ends_and_rejects_rates_off_the_ladder():
+    found = tune_lr(lambda lr: lr, (0.1, 0.3))
+    assert found.best == HALF_DECADES[-1] and found.at_edge
+    with pytest.raises(ValueError, match=r"not on it: \[0.002\]"):
+        tune_lr(lambda lr: lr, (1e-3, 0.002))
+    with pytest.raises(ValueError, match="starts from rates of the ladder"):
+        tune_lr(lambda lr: lr, ())

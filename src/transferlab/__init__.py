@@ -45,6 +45,7 @@ _EXPORTS = {
     "extract_features": "features",
     "param_groups": "optim",
     "GradualUnfreezer": "optim",
+    "tune_lr": "optim",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "adapt_bn": "shift",
@@ -84,6 +85,7 @@ __all__ = [  # the names of _EXPORTS, sorted (tests/test_public_api.py checks th
     "seed_everything",
     "tiny_resnet",
     "train_one_epoch",
+    "tune_lr",
     "unfreeze",
     "unfreeze_bn",
 ]
@@ -99,7 +101,7 @@ if TYPE_CHECKING:  # what the lazy imports give, for type checkers and editors
     from transferlab.loading import adapt_input_conv, clean_state_dict, load_matching
     from transferlab.lora import apply_lora, bitfit, merge_lora
     from transferlab.models import TinyResNet_Weights, tiny_resnet
-    from transferlab.optim import GradualUnfreezer, param_groups
+    from transferlab.optim import GradualUnfreezer, param_groups, tune_lr
     from transferlab.shift import adapt_bn
     from transferlab.training import evaluate, fit, predict, train_one_epoch
 

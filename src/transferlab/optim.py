@@ -1,18 +1,24 @@
-"""Discriminative learning rates (one LR per block) and gradual unfreezing.
+"""Discriminative learning rates (one LR per block), gradual unfreezing, and choosing a learning rate.
 
 `param_groups` turns ``{"layer4": 1e-3, "fc": 1e-2}`` into optimizer parameter groups;
-`GradualUnfreezer` unfreezes named blocks at chosen epochs and gives their parameters to the optimizer.
+`GradualUnfreezer` unfreezes named blocks at chosen epochs and gives their parameters to the optimizer;
+`tune_lr` searches a grid of learning rates with the course's edge rule (a choice on an edge of the grid gets
+the next half-decade beyond it, until the choice has a worse rate on each side).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["GradualUnfreezer", "param_groups"]
+__all__ = ["HALF_DECADES", "GradualUnfreezer", "LRSearch", "param_groups", "tune_lr"]
+
+# Learning rates in half-decade steps, the ladder that `tune_lr` climbs.
+HALF_DECADES: tuple[float, ...] = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 def _owner(name: str, prefixes: Iterable[str]) -> str | None:
@@ -123,3 +129,53 @@ class GradualUnfreezer:
                 self.optimizer.add_param_group({"name": name, "params": new, "lr": self.lrs[name]})
             self.unfrozen.append(name)
         return names
+
+
+@dataclass(frozen=True)
+class LRSearch:
+    """What `tune_lr` found: the chosen rate, the score of every rate tried (ascending), and whether the choice
+    still sits on an edge (only when the ladder ran out)."""
+
+    best: float
+    scores: dict[float, float]
+    at_edge: bool
+
+
+def tune_lr(
+    score: Callable[[float], float], start: Sequence[float], ladder: Sequence[float] = HALF_DECADES
+) -> LRSearch:
+    """Choose the learning rate with the highest ``score`` (a validation accuracy), widening the grid at its edges.
+
+    Every rate of ``start`` (consecutive rungs of ``ladder``) is scored once; while the best one is the lowest or
+    the highest rate tried, the next rung beyond it is scored too. The search ends when the choice has a worse
+    (or equal) rate on each side, or the ladder ends (then ``at_edge`` is true). Ties go to the rate scored first:
+    within ``start`` the smaller one; a rung added beyond an edge must be strictly better to be chosen.
+
+    Example:
+        >>> found = tune_lr(lambda lr: -abs(lr - 0.03), start=(1e-3, 3e-3, 1e-2))
+        >>> found.best, sorted(found.scores)
+        (0.03, [0.001, 0.003, 0.01, 0.03, 0.1])
+    """
+    ladder = sorted(ladder)
+    unknown = [lr for lr in start if lr not in ladder]
+    if not start or unknown:
+        raise ValueError(
+            f"tune_lr starts from rates of the ladder {ladder}; got {list(start)} (not on it: {unknown}). "
+            "Start from rungs such as (1e-3, 3e-3, 1e-2)."
+        )
+    scores: dict[float, float] = {}
+    low, high = ladder.index(min(start)), ladder.index(max(start))
+    while True:
+        tried = ladder[low : high + 1]
+        for lr in tried:
+            if lr not in scores:
+                scores[lr] = float(score(lr))
+        # Ties go to the rate scored first: the smaller one within ``start``, and a rung added beyond an edge wins
+        # only if it is strictly better (so a plateau does not walk the search down the ladder).
+        best = max(tried, key=lambda lr: (scores[lr], -list(scores).index(lr)))
+        if best == tried[0] and low > 0:
+            low -= 1
+        elif best == tried[-1] and high < len(ladder) - 1:
+            high += 1
+        else:
+            return LRSearch(best, dict(sorted(scores.items())), at_edge=best in (tried[0], tried[-1]))
