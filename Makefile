@@ -6,10 +6,13 @@ BIN     = $(VENV)/bin
 ROOT_ARGS = $(if $(filter 0,$(shell id -u)),--allow-root,)
 NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: bench-peft bench-shift bench-unfreezing help install lock lab test unit notebooks weights benchmarks clean lint typecheck \
-	bench-table bench-repeat bench-cache bench-suite
-.PHONY: student clean-notebooks handouts check-exercises check-browser check-launches bench-batch \
-	check-python312 check-python313
+# Target names: verbs for the everyday work (install, lab, test, unit, lint, ...), bench-* for the benchmarks,
+# check-* for the checks outside `make test`, and the teachers' editions by name (student, revision, handouts).
+.PHONY: help install lock lab test unit lint typecheck notebooks weights clean
+.PHONY: bench-speed bench-table bench-repeat bench-cache bench-batch bench-suite bench-photos bench-peft bench-shift \
+	bench-unfreezing bench-transferability
+.PHONY: student revision handouts
+.PHONY: check-exercises check-browser check-launches check-python312 check-python313
 
 ## List the targets with what each does (this text).
 help:
@@ -39,12 +42,11 @@ lab: install
 		$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) $(LAB_DIR)/00_start_here.ipynb
 
 ## Unit tests plus every notebook under nbval (the command CI runs): two pytest-xdist workers, one per core; each
-## test file (each notebook) runs whole on one worker. Three workers finished in about the same time (measured
-## 300 and 322 s, against 301 s with two, 2026-12-03) and slowed each notebook down (notebook 05: 78 to 105 s against 69 s).
+## test file (each notebook) runs whole on one worker (why two and not three: README, "Measured figures").
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-## Unit tests and docstring examples only (no notebook, no kernel-starting `slow` test; about 30 s on two workers).
+## Unit tests and docstring examples only (no notebook, no kernel-starting `slow` test).
 unit: install
 	$(BIN)/python -m pytest tests src -m "not slow" -n 2 -o addopts="-p no:cacheprovider --doctest-modules"
 
@@ -73,7 +75,7 @@ weights: install
 	$(BIN)/python -m transferlab.pretrain
 
 ## Speed benchmarks: feature caching, then every notebook and the whole suite (results in src/transferlab/results/).
-benchmarks: install
+bench-speed: install
 	$(BIN)/python benchmarks/feature_cache.py --epochs 10
 	$(BIN)/python benchmarks/notebook_times.py
 
@@ -108,18 +110,18 @@ student: install
 	$(BIN)/python -m coursetools.editions student
 
 ## Revision copies (fastbook's "clean" notebooks: headings and code, no prose, no outputs) in build/clean/.
-clean-notebooks: install
+revision: install
 	$(BIN)/python -m coursetools.editions clean
 
 ## Self-contained HTML handouts of the executed notebooks (images inline, map links between them) in build/handouts/.
 handouts: install
 	$(BIN)/python -m coursetools.editions handouts
 
-## Every exercise's self-check fails with its message when the solution is a stub (runs each notebook; slow).
+## Every exercise's self-check fails with its message when the solution is a stub or a wrong answer (slow).
 check-exercises: install
 	$(BIN)/python -m pytest tests/test_exercises.py -m exercises -n 2
 
-## The torchrun launches of tests/test_distributed.py (2 processes each, about 15 s a launch; outside the suite).
+## The torchrun launches of tests/test_distributed.py (2 processes each; outside the suite).
 check-launches: install
 	$(BIN)/python -m pytest tests/test_distributed.py -m launches
 
@@ -137,14 +139,13 @@ check-browser: install
 	$(BIN)/python -m pytest tests/test_browser.py tests/test_lab.py -m browser
 
 ## Real photos, few labels: the few-shot and source-choice tables of notebook 08 (src/transferlab/results/real_photos.*).
-.PHONY: benchmark-real-photos
-benchmark-real-photos: install
+bench-photos: install
 	$(BIN)/python benchmarks/real_photos.py
 
 ## Notebook 13's tables: probe, BitFit, LoRA r=2/8, full fine-tuning, every rate chosen per seed on validation; on
 ## the digits (TinyResNet, peft_compare.json), then on real photos (Lite0 from ImageNet, peft_photos.json); one
 ## process, one thread, one after the other; a method whose choice sat on the grid's edge gets the next rate
-## (--extend). About 25 min of CPU in all (measured 2026-12-03).
+## (--extend). The longest benchmark: its CPU time is in README, "Measured figures".
 R = src/transferlab/results
 bench-peft: install
 	$(BIN)/python benchmarks/peft_compare.py --threads 1
@@ -157,7 +158,7 @@ bench-peft: install
 	$(BIN)/python benchmarks/peft_photos.py --extend $(R)/peft_photos.json $(R)/peft_photos_more_rates_full.json
 
 ## Notebook 10's grid: 5 source seeds x 4 shifts (AdaBN and its source-domain control, the pool-size sweep, bn1 only,
-## few-label heads, label shift), one thread, about 8 min of CPU (src/transferlab/results/domain_shift.json).
+## few-label heads, label shift), one thread (src/transferlab/results/domain_shift.json).
 bench-shift: install
 	$(BIN)/python benchmarks/domain_shift.py --threads 1
 
@@ -166,13 +167,13 @@ bench-shift: install
 bench-unfreezing: install
 	$(BIN)/python benchmarks/unfreezing.py --threads 1 --jobs 2
 
+## Remove .venv, the caches and build/ (editions, handouts, wheels).
 clean:
 	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 ## Notebook 09's grid, Yosinski et al. (2014) at small scale, one process of 1 thread (src/transferlab/results/transferability.*).
-## A fair grid (same data and budget for donors and every run, a convergence check, 2,600 test images): 706 s of CPU, 2,769 s wall at load ~7 (2026-12-03).
+## A fair grid: the same data and budget for donors and every run, a convergence check, 2,600 test images.
 JOBS ?= 1
-.PHONY: transferability
-transferability: install
+bench-transferability: install
 	$(BIN)/python benchmarks/transferability.py --threads 1 --jobs $(JOBS)

@@ -17,7 +17,7 @@ A fair version of the paper's experiment, affordable on one CPU thread:
 * **A dissimilar split** (notebook 09's exercise 2): ``case_split()``, each letter with its other case, a..m in A
   and n..z in B; donors and the frozen AnB/BnB at ``--dissimilar-depths``.
 
-Usage (from the repository root; ``make transferability``)::
+Usage (from the repository root; ``make bench-transferability``)::
 
     PYTHONPATH=src python benchmarks/transferability.py --jobs 1
     PYTHONPATH=src python benchmarks/transferability.py --epochs 1 --seeds 2 --seeds-tuned 2 --depths 1 5 \

@@ -9,7 +9,7 @@
   between notebooks pointing to the other handouts.
 
 Run ``python -m coursetools.editions student|clean|handouts [--out DIR]`` from the repository root
-(``make student``, ``make clean-notebooks``, ``make handouts``).
+(``make student``, ``make revision``, ``make handouts``).
 """
 
 from __future__ import annotations
