@@ -12,7 +12,7 @@ Two recipes are built on `train_steps`, each with its settings in one place:
   (:func:`transferlab.transferability.fit`).
 
 `evaluate` (loss and accuracy) and `predict` (the predicted classes) are the evaluation loops; every accuracy
-in the package and the benchmarks is computed by one of them.
+in the package is computed by one of them (some benchmarks still score with their own one-line argmax).
 """
 
 from __future__ import annotations
