@@ -34,6 +34,7 @@ Usage (from the repository root, with ``PYTHONPATH=src``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -47,6 +48,7 @@ from transferlab.lora import apply_lora, bitfit
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.training import evaluate, train_steps
 
+import rate_choice
 from provenance import RESULTS, run_info, run_started
 
 WEIGHTS = TinyResNet_Weights.DEFAULT
@@ -144,38 +146,10 @@ def merge(paths: list[str], name: str) -> None:
 
 
 def extend(base_path: str, extra_path: str, name: str) -> None:
-    """One results file from a run and a run of the same settings on more rates (``--lrs``) for some methods: their
-    grid is the union, and every seed keeps the best rate of the union on validation (ties: the smaller rate), as one
-    run would have. The rule this serves: a method whose choice touched an edge of the grid gets the next rate
-    beyond that edge (``lrs_by_method`` records each method's grid)."""
+    """One results file from a run and a run of the same settings on more rates (``--lrs``) for some methods
+    (:func:`rate_choice.extend`: each seed keeps the best rate of the union on validation, ties: the smaller)."""
     base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
-    drop = ("lrs", "methods")
-    if {k: v for k, v in base["settings"].items() if k not in drop} != {
-        k: v for k, v in extra["settings"].items() if k not in drop
-    }:
-        raise ValueError("the two runs differ in more than their rates and methods; rerun them alike")
-    methods, lrs_by_method = {}, {}
-    for method, b in base["methods"].items():
-        lrs = sorted(set(base["settings"]["lrs"]) | set(extra["settings"]["lrs"] if method in extra["methods"] else []))
-        lrs_by_method[method] = lrs
-        if method not in extra["methods"]:
-            methods[method] = b
-            continue
-        e = extra["methods"][method]
-        val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
-        runs = []
-        for seed, (rb, re) in enumerate(zip(b["runs"], e["runs"], strict=True)):
-            best = max(lrs, key=lambda lr: (val[f"{lr:g}"][seed], -lr))
-            runs.append(rb if best == rb["lr"] else re)
-            if best != runs[-1]["lr"]:
-                raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
-        methods[method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
-    merged = {
-        "settings": {**base["settings"], "lrs_by_method": lrs_by_method},
-        "methods": methods,
-        "source_letters_acc": base["source_letters_acc"],
-        "provenance": {"parts": [base["provenance"], extra["provenance"]], "extended_from": [base_path, extra_path]},
-    }
+    merged = rate_choice.extend(base, extra, [base_path, extra_path])
     (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     print("wrote", RESULTS / f"{name}.json")
 
@@ -208,9 +182,11 @@ def main() -> None:
     for method in args.methods:
         runs, val = [], {f"{lr:g}": [] for lr in args.lrs}
         for seed in range(args.seeds):
-            grid = {lr: train(method, seed, lr, args.steps, args) for lr in args.lrs}
-            seed_val = {lr: accuracy(grid[lr][0], data["val"]) for lr in args.lrs}
-            best = max(args.lrs, key=lambda lr: (seed_val[lr], -lr))  # this seed's choice; ties: the smaller rate
+            best, seed_val, grid = rate_choice.run_grid(  # this seed's choice; ties: the smaller rate
+                args.lrs,
+                functools.partial(train, method, seed, steps=args.steps, args=args),
+                lambda run: accuracy(run[0], data["val"]),
+            )
             for lr in args.lrs:
                 val[f"{lr:g}"].append(seed_val[lr])
             model, letters_head, per_step = grid[best]

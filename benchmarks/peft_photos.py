@@ -62,8 +62,9 @@ from transferlab.lite0 import EfficientNetLite0_Weights, efficientnet_lite0
 from transferlab.lora import apply_lora, bitfit, lora_state_dict
 from transferlab.memory import step_memory
 from transferlab.photos import PHOTOS, TEXTURES, few_shot_indices, load_photo, photo_patches
-from transferlab.training import train_steps
+from transferlab.training import predict, train_steps
 
+import rate_choice
 from provenance import RESULTS, run_info, run_started
 
 WEIGHTS = EfficientNetLite0_Weights.DEFAULT
@@ -133,7 +134,9 @@ def logits(model: nn.Module, images: Tensor, head: nn.Module | None = None) -> T
 
 
 def accuracy(model: nn.Module, data: tuple[Tensor, Tensor]) -> float:
-    return (logits(model, data[0]).argmax(1) == data[1]).float().mean().item()
+    """Top-1 accuracy through the package's evaluation loop (`training.predict`, batches of 64, eval mode)."""
+    preds, targets = predict(model, zip(data[0].split(64), data[1].split(64), strict=True))
+    return (preds == targets).float().mean().item()
 
 
 def forgetting(model: nn.Module, head: nn.Module, photos: Tensor, source: Tensor) -> dict[str, float]:
@@ -200,34 +203,10 @@ def costs(method: str, data: dict[str, tuple[Tensor, Tensor]], args: argparse.Na
 
 
 def extend(base_path: str, extra_path: str, name: str) -> None:
-    """A run, and a run of the same settings on more rates for some methods, as one file: their grid is the union,
-    every seed keeps the best rate of the union on validation (ties: the smaller rate). The rule this serves: a
-    method whose choice touched an edge of the grid gets the next rate beyond it (``lrs_by_method``)."""
+    """A run, and a run of the same settings on more rates for some methods, as one file
+    (:func:`rate_choice.extend`: each seed keeps the best rate of the union on validation, ties: the smaller)."""
     base, extra = (json.loads(open(p, encoding="utf-8").read()) for p in (base_path, extra_path))
-    drop = ("lrs", "methods", "lrs_by_method")  # a base already extended carries each method's grid
-    if {k: v for k, v in base["settings"].items() if k not in drop} != {
-        k: v for k, v in extra["settings"].items() if k not in drop
-    }:
-        raise ValueError("the two runs differ in more than their rates and methods; rerun them alike")
-    merged = {**base, "methods": {}, "settings": {**base["settings"], "lrs_by_method": {}}}
-    for method, b in base["methods"].items():
-        e = extra["methods"].get(method)
-        own = base["settings"].get("lrs_by_method", {}).get(method, base["settings"]["lrs"])
-        lrs = sorted(set(own) | set(extra["settings"]["lrs"] if e else []))
-        merged["settings"]["lrs_by_method"][method] = lrs
-        if e is None:
-            merged["methods"][method] = b
-            continue
-        val = {f"{lr:g}": (b["val_acc_by_lr"] | e["val_acc_by_lr"])[f"{lr:g}"] for lr in lrs}
-        runs = []
-        for seed, (rb, re) in enumerate(zip(b["runs"], e["runs"], strict=True)):
-            best = max(lrs, key=lambda lr: (val[f"{lr:g}"][seed], -lr))
-            runs.append(rb if best == rb["lr"] else re)
-            if best != runs[-1]["lr"]:
-                raise ValueError(f"{method}, seed {seed}: the best rate {best:g} is in neither run's choices")
-        merged["methods"][method] = {**b, "lr_by_seed": [r["lr"] for r in runs], "val_acc_by_lr": val, "runs": runs}
-    parts = [*base["provenance"].get("parts", [base["provenance"]]), extra["provenance"]]
-    merged["provenance"] = {"parts": parts, "extended_from": [base_path, extra_path]}
+    merged = rate_choice.extend(base, extra, [base_path, extra_path])
     (RESULTS / f"{name}.json").write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     print("wrote", RESULTS / f"{name}.json")
 
@@ -263,9 +242,11 @@ def main() -> None:
     for method in args.methods:
         runs, val = [], {f"{lr:g}": [] for lr in args.lrs}
         for seed in range(args.seeds):
-            grid = {lr: train(method, seed, lr, args.steps, data["pool"], args) for lr in args.lrs}
-            seed_val = {lr: accuracy(grid[lr][0], data["val"]) for lr in args.lrs}
-            best = max(args.lrs, key=lambda lr: (seed_val[lr], -lr))  # this seed's choice; ties: the smaller rate
+            best, seed_val, grid = rate_choice.run_grid(  # this seed's choice; ties: the smaller rate
+                args.lrs,
+                functools.partial(train, method, seed, steps=args.steps, pool=data["pool"], args=args),
+                lambda run: accuracy(run[0], data["val"]),
+            )
             for lr in args.lrs:
                 val[f"{lr:g}"].append(seed_val[lr])
             model, head, per_step = grid[best]

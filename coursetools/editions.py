@@ -26,6 +26,8 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
+from transferlab.serialization import atomic_open
+
 __all__ = [
     "BEGIN",
     "CHECK_TAG",
@@ -459,9 +461,8 @@ def has_learner_work(path: Path) -> bool:
 
 
 def _write(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # the package's writer: an interrupted build leaves no half-written edition
+        f.write(text.encode("utf-8"))
 
 
 def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -> list[Path]:
