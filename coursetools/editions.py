@@ -468,10 +468,14 @@ def _write(text: str, path: Path) -> None:
 def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -> list[Path]:
     """Write one edition (``student``, ``clean`` or ``handouts``) of each notebook into ``out_dir``.
 
+    Returns the notebooks (or handouts) written. The student and clean editions also get a copy of the scripts next
+    to the notebooks (``*.py``: notebook 11 runs one); the handouts link to them.
+
     Example:
         >>> notebooks = sorted(Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
         >>> build("student", notebooks, Path("build/student"), "abc1234")  # doctest: +SKIP
     """
+    notebooks = list(notebooks)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebooks:
@@ -488,6 +492,10 @@ def build(edition: str, notebooks: Iterable[Path], out_dir: Path, commit: str) -
         except ValueError as err:
             raise ValueError(f"{path.name}: {err}") from None
         written.append(target)
+    if edition != "handouts":  # the notebooks' companion scripts (11 launches ddp_finetune.py) go with them
+        for script in sorted({s for path in notebooks for s in path.parent.glob("*.py")}):
+            with atomic_open(out_dir / script.name) as f:
+                f.write(script.read_bytes())
     return written
 
 

@@ -1,4 +1,5 @@
-"""transferlab.distributed: the DDP fine-tuning script, launched for real with torchrun (2 CPU processes, gloo).
+"""transferlab.distributed (the DDP building blocks) and notebooks/ddp_finetune.py (notebook 11's DDP fine-tuning
+script), the script launched for real with torchrun (2 CPU processes, gloo).
 
 The torchrun launches are marked ``launches``: they run as their own step (`make check-launches`, .ci/run),
 outside the 5-minute suite, which still launches torchrun three times through notebook 11. The rest runs in it.
@@ -27,7 +28,31 @@ from transferlab.models import TinyResNet_Weights, tiny_resnet
 from transferlab.serialization import IncompleteLoadError
 from transferlab.training import evaluate
 
+from conftest import ROOT
+
 SRC = Path(distributed.__file__).resolve().parents[1]
+SCRIPT = ROOT / "notebooks" / "ddp_finetune.py"  # next to notebook 11, which teaches it
+sys.path.insert(0, str(SCRIPT.parent))
+import ddp_finetune  # noqa: E402
+
+# A crash on cue, as notebook 11 makes one: a wrapper that runs the script's main with a before_step hook that makes
+# rank RANK raise before step STEP, on the job's first attempt only (a job restarted by torchrun then runs through).
+CRASH_ONCE = """
+import os
+import sys
+
+import ddp_finetune
+
+rank, step, *argv = sys.argv[1:]
+
+
+def crash_once(r, s):
+    if (r, s) == (int(rank), int(step)) and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        raise RuntimeError(f"rank {r}: simulated crash before step {s}")
+
+
+ddp_finetune.main(argv, before_step=crash_once)
+"""
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # what the `torchrun` command runs
 FAST = ["--steps", "3", "--test-size", "100"]  # a few steps, a small test shard; the default 60 s timeout
 LAUNCH_TIMEOUT = 300  # seconds: a quiet 2-core machine needs about 10 s per launch, a loaded one minutes
@@ -35,9 +60,16 @@ LAUNCH_TIMEOUT = 300  # seconds: a quiet 2-core machine needs about 10 s per lau
 
 def _env(**extra: str) -> dict[str, str]:
     # One thread per process (2 processes on 2 cores) and no torchrun warning about it; the package under test.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC), "TRANSFERLAB_OFFLINE": "1"}
-    env.pop("TRANSFERLAB_FAIL_AT", None)  # a failure only where a test asks for one
-    return {**env, **extra}
+    # The wrapper script imports ddp_finetune from notebooks/.
+    path = os.pathsep.join([str(SRC), str(SCRIPT.parent)])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TRANSFERLAB_OFFLINE": "1", **extra}
+
+
+def _crash_once(folder: Path, rank: int, step: int) -> list[str]:
+    """The script's command line through the CRASH_ONCE wrapper (written into ``folder``)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "crash_once.py").write_text(CRASH_ONCE)
+    return [str(folder / "crash_once.py"), str(rank), str(step)]
 
 
 def _survivors(marker: str) -> list[int]:
@@ -113,8 +145,7 @@ def test_two_processes_fine_tune_and_rank0_saves_a_plain_checkpoint(tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "transferlab.distributed",
+        str(SCRIPT),
         *FAST,
         "--out",
         str(out),
@@ -152,7 +183,7 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
         "--rdzv-id",
         f"transferlab-{os.getpid()}",
     ]
-    script = ["-m", "transferlab.distributed", *FAST, "--out", str(out)]
+    script = [str(SCRIPT), *FAST, "--out", str(out)]
     results = _run([launcher + script, launcher + script], str(out))
     for rc, stdout, stderr in results:
         assert rc == 0, f"a launcher failed ({rc}):\n{stdout}\n{stderr}"
@@ -163,25 +194,17 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path):
 
 @pytest.mark.launches
 def test_a_failing_rank_ends_the_job_with_its_error_and_no_checkpoint(tmp_path):
-    out = tmp_path / "never.pt"
-    cmd = [
-        *TORCHRUN,
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "transferlab.distributed",
-        *FAST,
-        "--out",
-        str(out),
-    ]
+    out = tmp_path / "run" / "never.pt"
+    out.parent.mkdir()
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", *_crash_once(tmp_path / "bin", 1, 2), *FAST]
     start = time.monotonic()
-    [(rc, _stdout, stderr)] = _run([cmd], str(out), [_env(TRANSFERLAB_FAIL_AT="1:2")])
+    [(rc, _stdout, stderr)] = _run([[*cmd, "--out", str(out)]], str(out))
     assert rc != 0, "the job should fail"
-    assert "rank 1: injected failure at step 2" in stderr, stderr
+    assert "rank 1: simulated crash before step 2" in stderr, stderr
     root_cause = stderr.split("Root Cause", 1)[-1]
-    assert "rank      : 1" in root_cause and "injected failure" in root_cause, "torchrun should blame rank 1"
-    assert not list(tmp_path.iterdir()), f"no checkpoint (or temporary file) expected, found {list(tmp_path.iterdir())}"
+    assert "rank      : 1" in root_cause and "simulated crash" in root_cause, "torchrun should blame rank 1"
+    left = list(out.parent.iterdir())
+    assert not left, f"no checkpoint (or temporary file) expected, found {left}"
     assert time.monotonic() - start < LAUNCH_TIMEOUT  # ended by itself, not by our timeout
 
 
@@ -194,8 +217,7 @@ def test_an_elastic_job_restarts_resumes_from_its_snapshot_and_ends_as_an_uninte
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "transferlab.distributed",
+        str(SCRIPT),
         *steps,
         "--out",
         str(tmp_path / "plain.pt"),
@@ -207,20 +229,17 @@ def test_an_elastic_job_restarts_resumes_from_its_snapshot_and_ends_as_an_uninte
         "2",
         "--max-restarts",
         "1",
-        "-m",
-        "transferlab.distributed",
+        *_crash_once(tmp_path / "bin", 1, 7),
         *steps,
         "--out",
         str(tmp_path / "elastic.pt"),
         "--snapshot",
         str(tmp_path / "snapshot.pt"),
     ]
-    (rc_p, out_p, err_p), (rc_e, out_e, err_e) = _run(
-        [plain, elastic], str(tmp_path), [_env(), _env(TRANSFERLAB_FAIL_AT="1:7")]
-    )
+    (rc_p, out_p, err_p), (rc_e, out_e, err_e) = _run([plain, elastic], str(tmp_path))
     assert rc_p == 0 and not err_p, f"the uninterrupted run failed ({rc_p}):\n{out_p}\n{err_p}"
     assert rc_e == 0, f"the elastic run should recover ({rc_e}):\n{out_e}\n{err_e}"
-    assert "rank 1: injected failure at step 7" in err_e, err_e
+    assert "rank 1: simulated crash before step 7" in err_e, err_e
     assert "resumed from" in out_e and "at step 5 (restart 1)" in out_e, out_e
     assert out_e.count("world size 2") == 2, "two attempts expected"
     a = torch.load(tmp_path / "plain.pt", weights_only=True)
@@ -239,8 +258,7 @@ def test_a_model_factory_runs_resnet50_under_torchrun(tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "transferlab.distributed",
+        str(SCRIPT),
         "--steps",
         "1",
         "--test-size",
@@ -265,7 +283,6 @@ def one_process(monkeypatch):
         "LOCAL_RANK",
         "MASTER_ADDR",
         "MASTER_PORT",
-        "TRANSFERLAB_FAIL_AT",
         "TORCHELASTIC_RESTART_COUNT",
     ):
         monkeypatch.delenv(name, raising=False)
@@ -275,31 +292,31 @@ def one_process(monkeypatch):
 
 def test_a_missing_weights_file_is_a_clear_error_and_the_group_is_destroyed(one_process, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        distributed.main(["--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")])
+        ddp_finetune.main(["--weights", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")])
     assert not list(tmp_path.iterdir())
 
 
 def test_weights_that_are_not_a_tiny_resnet_are_refused(one_process, tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "linear.pt")
     with pytest.raises(IncompleteLoadError, match="not a TinyResNet state_dict"):
-        distributed.main(["--weights", str(tmp_path / "linear.pt"), "--out", str(tmp_path / "x.pt")])
+        ddp_finetune.main(["--weights", str(tmp_path / "linear.pt"), "--out", str(tmp_path / "x.pt")])
     wrong = tiny_resnet(weights=None).state_dict()
     wrong["conv1.weight"] = torch.zeros(8, 3, 3, 3)
     torch.save(wrong, tmp_path / "wrong.pt")
     with pytest.raises(
         IncompleteLoadError, match=r"(?s)wrong.pt does not fit TinyResNet.*conv1.weight source \[8, 3, 3, 3\]"
     ):
-        distributed.load_pretrained(str(tmp_path / "wrong.pt"))
+        ddp_finetune.load_pretrained(str(tmp_path / "wrong.pt"))
 
 
 def test_one_process_without_a_launcher_trains_and_saves(one_process, tmp_path):
     out = tmp_path / "single.pt"
-    distributed.main([*FAST, "--out", str(out)])
+    ddp_finetune.main([*FAST, "--out", str(out)])
     _check_checkpoint(out, world_size=1)
 
 
 def test_loading_pretrained_matches_the_published_weights():
-    model = distributed.load_pretrained("DEFAULT")
+    model = ddp_finetune.load_pretrained("DEFAULT")
     reference = tiny_resnet(weights="DEFAULT").state_dict()
     assert model.fc.out_features == 10
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items() if not k.startswith("fc."))
@@ -345,7 +362,7 @@ def test_a_model_factory_from_the_launch_folder_is_trained(one_process, tmp_path
     (tmp_path / "my_models.py").write_text(TINY_FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))  # python -m puts the launch folder first on sys.path
     out = tmp_path / "tiny.pt"
-    distributed.main(["--model", "my_models:tiny", *FAST, "--out", str(out)])
+    ddp_finetune.main(["--model", "my_models:tiny", *FAST, "--out", str(out)])
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint["model"]["5.weight"].shape == (10, 4) and checkpoint["args"]["model"] == "my_models:tiny"
     for spec, problem in [
@@ -355,9 +372,9 @@ def test_a_model_factory_from_the_launch_folder_is_trained(one_process, tmp_path
         ("my_models:not_a_model", "not an nn.Module"),
     ]:
         with pytest.raises((ValueError, TypeError), match=problem):
-            distributed.build_model(spec)
+            ddp_finetune.build_model(spec)
     with pytest.raises(ValueError, match="loads its own weights"):
-        distributed.build_model("my_models:tiny", weights="other.pt")
+        ddp_finetune.build_model("my_models:tiny", weights="other.pt")
 
 
 def _one_process_group():
@@ -401,23 +418,28 @@ def test_accumulated_micro_batches_under_no_sync_give_the_large_batch_gradient_w
         distributed.accumulate_gradients(model, [(x[:4], y[:4]), (x[4:], y[4:])])
 
 
-def test_a_failure_is_injected_only_where_and_when_asked(monkeypatch):
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
-    monkeypatch.setenv("TRANSFERLAB_FAIL_AT", "1:3")
-    distributed.injected_failure(0, 3)
-    distributed.injected_failure(1, 2)
-    with pytest.raises(RuntimeError, match="rank 1: injected failure at step 3"):
-        distributed.injected_failure(1, 3)
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # a restarted job runs through
-    distributed.injected_failure(1, 3)
+def test_before_step_sees_every_step_and_a_crash_in_it_ends_the_job_without_a_checkpoint(one_process, tmp_path):
+    seen = []
+    ddp_finetune.main(
+        [*FAST, "--out", str(tmp_path / "a.pt")], before_step=lambda rank, step: seen.append((rank, step))
+    )
+    assert seen == [(0, 1), (0, 2), (0, 3)]
+
+    def crash(rank, step):
+        if step == 2:
+            raise RuntimeError(f"rank {rank}: simulated crash before step {step}")
+
+    with pytest.raises(RuntimeError, match="rank 0: simulated crash before step 2"):
+        ddp_finetune.main([*FAST, "--out", str(tmp_path / "b.pt")], before_step=crash)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
 
 
 def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one_process, tmp_path):
     snapshot = tmp_path / "snap.pt"
-    args = distributed._parser().parse_args(
+    args = ddp_finetune._parser().parse_args(
         ["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50", "--out", str(tmp_path / "a.pt")]
     )
-    model = distributed.load_pretrained("DEFAULT")
+    model = ddp_finetune.load_pretrained("DEFAULT")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     torch.save(
         {
@@ -430,7 +452,7 @@ def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one
         snapshot,
     )
     with pytest.raises(ValueError, match=r"another job .*steps: 15 there, 8 here"):
-        distributed.load_snapshot(snapshot, model, optimizer, args)
+        ddp_finetune.load_snapshot(snapshot, model, optimizer, args)
     torch.save(
         {
             "model": model.state_dict(),
@@ -441,7 +463,7 @@ def test_a_snapshot_of_another_recipe_is_refused_and_one_of_the_same_resumes(one
         },
         snapshot,
     )
-    distributed.main(
+    ddp_finetune.main(
         ["--steps", "8", "--snapshot", str(snapshot), "--test-size", "50", "--out", str(tmp_path / "a.pt")]
     )
     checkpoint = torch.load(tmp_path / "a.pt", weights_only=True)

@@ -298,3 +298,15 @@ def test_student_and_clean_editions_of_the_course_build(path, tmp_path):
         stub = student_nb.cells[solution].source.splitlines()
         leaked = [line for block in blocks for line in block.splitlines() if line.strip() and line in stub]
         assert not leaked, f"{path.name}, cell {solution}: solution lines in the student edition: {leaked}"
+
+
+@pytest.mark.parametrize("edition", ["student", "clean"])
+def test_editions_carry_the_scripts_the_notebooks_run(edition, tmp_path):
+    scripts = sorted(p.name for p in NOTEBOOKS[0].parent.glob("*.py"))
+    assert "ddp_finetune.py" in scripts  # notebook 11 launches it from its own folder
+    build(edition, NOTEBOOKS[-1:], tmp_path, "abc1234")
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == scripts
+    for name in scripts:
+        assert (tmp_path / name).read_bytes() == (NOTEBOOKS[0].parent / name).read_bytes()
+    assert not build("handouts", NOTEBOOKS[:1], tmp_path / "handouts", "abc1234")[0].name.endswith(".py")
+    assert not list((tmp_path / "handouts").glob("*.py"))
