@@ -1,0 +1,83 @@
+"""Compare a benchmark's stored results file with a re-run of its command: what is identical, what moved, how far.
+
+A re-run on the same machine and thread count gives the same numbers; on another CPU the floating-point rounding of
+its kernels differs, and trained models move by a seed's noise. This reports, per top-level section of the file:
+how many leaves are identical, the largest difference among the measured values (accuracies, losses, ...), and every
+*choice* that differs (a learning rate or regularisation strength chosen on validation). Times, load averages and
+provenance are not compared.
+
+Usage (from the repository root)::
+
+    python benchmarks/compare_runs.py src/transferlab/results/unfreezing.json /tmp/rerun/.../unfreezing.json
+
+Example:
+    >>> report({"runs": [{"lr": 0.1, "acc": 0.5}]}, {"runs": [{"lr": 0.1, "acc": 0.52}]})["runs"]["max_diff"]
+    0.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["report"]
+
+SKIP = re.compile(
+    r"provenance|parts|seconds|wall|^load|utc|commit|command|merged_from|extended_from|_correct$|^correct$"
+)
+CHOICE = re.compile(r"(^|_)(lr|lrs|c|best_c|chosen|body_lr|head_lr|lr_by_seed)$", re.IGNORECASE)
+
+
+def _leaves(a: Any, b: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a.keys() | b.keys():
+            if not SKIP.search(str(key)):
+                yield from _leaves(a.get(key), b.get(key), (*path, str(key)))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            yield from _leaves(x, y, (*path, f"[{i}]"))
+    else:
+        yield path, a, b
+
+
+def _is_choice(path: tuple[str, ...]) -> bool:
+    return any(CHOICE.search(part) for part in path if not part.startswith("["))
+
+
+def report(stored: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per top-level key: leaves compared, identical, the largest value difference and the differing choices."""
+    sections: dict[str, dict[str, Any]] = {}
+    for path, a, b in _leaves(stored, rerun):
+        s = sections.setdefault(path[0] if path else "", {"leaves": 0, "identical": 0, "max_diff": 0.0, "choices": []})
+        s["leaves"] += 1
+        if a == b:
+            s["identical"] += 1
+        elif _is_choice(path):
+            s["choices"].append(f"{'/'.join(path)}: {a} -> {b}")
+        elif isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            s["max_diff"] = max(s["max_diff"], round(abs(a - b), 6))
+        else:
+            s["choices"].append(f"{'/'.join(path)}: {str(a)[:40]} -> {str(b)[:40]}")
+    return sections
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("stored")
+    parser.add_argument("rerun")
+    args = parser.parse_args()
+    stored, rerun = (json.loads(open(p, encoding="utf-8").read()) for p in (args.stored, args.rerun))
+    for name, s in report(stored, rerun).items():
+        line = f"{name}: {s['identical']}/{s['leaves']} identical, largest value difference {s['max_diff']:g}"
+        print(line + (f", {len(s['choices'])} choices differ:" if s["choices"] else ", every choice the same"))
+        for choice in s["choices"][:12]:
+            print("   ", choice)
+        if len(s["choices"]) > 12:
+            print(f"    ... and {len(s['choices']) - 12} more")
+
+
+if __name__ == "__main__":
+    main()
