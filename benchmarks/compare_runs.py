@@ -26,7 +26,7 @@ from typing import Any
 __all__ = ["report"]
 
 SKIP = re.compile(
-    r"provenance|parts|seconds|wall|^load|utc|commit|command|merged_from|extended_from|_correct$|^correct$"
+    r"provenance|parts|seconds|wall|^load|^cpu$|utc|commit|command|merged_from|extended_from|_correct$|^correct$"
 )
 CHOICE = re.compile(r"(^|_)(lr|lrs|c|best_c|chosen|body_lr|head_lr|lr_by_seed)$", re.IGNORECASE)
 
@@ -44,7 +44,9 @@ def _leaves(a: Any, b: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[
 
 
 def _is_choice(path: tuple[str, ...]) -> bool:
-    return any(CHOICE.search(part) for part in path if not part.startswith("["))
+    """Whether the leaf's own name (its last key, list positions aside) names a choice: ``lr``, ``lr_by_seed``."""
+    names = [part for part in path if not part.startswith("[")]
+    return bool(names) and CHOICE.search(names[-1]) is not None
 
 
 def report(stored: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[str, Any]]:
