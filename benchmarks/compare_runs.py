@@ -2,9 +2,9 @@
 
 A re-run on the same machine and thread count gives the same numbers; on another CPU the floating-point rounding of
 its kernels differs, and trained models move by a seed's noise. This reports, per top-level section of the file:
-how many leaves are identical, the largest difference among the measured values (accuracies, losses, ...), and every
-*choice* that differs (a learning rate or regularisation strength chosen on validation). Times, load averages and
-provenance are not compared.
+how many leaves are identical, the largest difference among the measured values (floats: accuracies, losses, ...),
+and every other leaf that differs: a *choice* (a learning rate or regularisation strength chosen on validation), a
+count or a setting. Times, load averages and provenance are not compared.
 
 Usage (from the repository root)::
 
@@ -26,7 +26,7 @@ from typing import Any
 __all__ = ["report"]
 
 SKIP = re.compile(
-    r"provenance|parts|seconds|wall|^load|^cpu$|utc|commit|command|merged_from|extended_from|_correct$|^correct$"
+    r"provenance|parts|seconds|wall|^load|cpu|_ms|utc|commit|command|merged_from|extended_from|_correct$|^correct$"
 )
 CHOICE = re.compile(r"(^|_)(lr|lrs|c|best_c|chosen|body_lr|head_lr|lr_by_seed)$", re.IGNORECASE)
 
@@ -50,7 +50,7 @@ def _is_choice(path: tuple[str, ...]) -> bool:
 
 
 def report(stored: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per top-level key: leaves compared, identical, the largest value difference and the differing choices."""
+    """Per top-level key: leaves compared, identical, the largest float difference, the other differing leaves."""
     sections: dict[str, dict[str, Any]] = {}
     for path, a, b in _leaves(stored, rerun):
         s = sections.setdefault(path[0] if path else "", {"leaves": 0, "identical": 0, "max_diff": 0.0, "choices": []})
@@ -59,7 +59,7 @@ def report(stored: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[str,
             s["identical"] += 1
         elif _is_choice(path):
             s["choices"].append(f"{'/'.join(path)}: {a} -> {b}")
-        elif isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        elif isinstance(a, float) and isinstance(b, float):  # a measured value (ints are counts and settings)
             s["max_diff"] = max(s["max_diff"], round(abs(a - b), 6))
         else:
             s["choices"].append(f"{'/'.join(path)}: {str(a)[:40]} -> {str(b)[:40]}")
