@@ -50,7 +50,11 @@ def _is_choice(path: tuple[str, ...]) -> bool:
 
 
 def report(stored: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per top-level key: leaves compared, identical, the largest float difference, the other differing leaves."""
+    """Per top-level key: leaves compared, identical, the largest float difference, the other differing leaves.
+
+    The other differing leaves (chosen rates and strengths, counts, settings) are listed under ``"choices"``, each as
+    ``"path: stored -> rerun"``.
+    """
     sections: dict[str, dict[str, Any]] = {}
     for path, a, b in _leaves(stored, rerun):
         s = sections.setdefault(path[0] if path else "", {"leaves": 0, "identical": 0, "max_diff": 0.0, "choices": []})
@@ -74,7 +78,7 @@ def main() -> None:
     stored, rerun = (json.loads(open(p, encoding="utf-8").read()) for p in (args.stored, args.rerun))
     for name, s in report(stored, rerun).items():
         line = f"{name}: {s['identical']}/{s['leaves']} identical, largest value difference {s['max_diff']:g}"
-        print(line + (f", {len(s['choices'])} choices differ:" if s["choices"] else ", every choice the same"))
+        print(line + (f", {len(s['choices'])} other leaves differ:" if s["choices"] else ", no other leaf differs"))
         for choice in s["choices"][:12]:
             print("   ", choice)
         if len(s["choices"]) > 12:
