@@ -9,7 +9,7 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # Target names: verbs for the everyday work (install, lab, test, unit, lint, ...), bench-* for the benchmarks,
 # check-* for the checks outside `make test`, and the teachers' editions by name (student, revision, handouts).
 .PHONY: help install lock lab test unit lint typecheck notebooks weights clean
-.PHONY: bench-speed bench-table bench-repeat bench-cache bench-batch bench-suite bench-photos bench-peft bench-shift \
+.PHONY: bench-speed bench-table bench-repeat bench-cache bench-batch bench-layout bench-suite bench-photos bench-peft bench-shift \
 	bench-unfreezing bench-transferability
 .PHONY: student revision handouts
 .PHONY: check-exercises check-browser check-launches check-python312 check-python313
@@ -100,6 +100,10 @@ bench-cache: install
 ## Eval-mode forward time against the batch size, TinyResNet and Lite0, one thread (eval_batch_size.json).
 bench-batch: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/eval_batch_size.py
+
+## NCHW vs channels-last memory order: eval pass and training step, TinyResNet and Lite0, one thread (channels_last.json).
+bench-layout: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/channels_last.py
 
 ## Whole suite serial vs pytest-xdist (-n 2 --dist loadfile, as make test), both must pass (src/transferlab/results/suite_time.json).
 bench-suite: install

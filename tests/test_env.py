@@ -97,3 +97,14 @@ def test_environment_report_fields(monkeypatch, tmp_path):
     assert report.online is False
     text = str(report)
     assert "torchvision" in text and "hub_cache" in text
+
+
+def test_to_device_puts_image_batches_in_channels_last_and_keeps_their_values():
+    images = torch.rand(2, 3, 5, 7)
+    moved = env.to_device(images, "cpu")
+    assert moved.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert moved.shape == images.shape and torch.equal(moved, images)
+    vectors = torch.rand(4, 6)  # not an image batch: only moved
+    assert env.to_device(vectors, "cpu").is_contiguous() and torch.equal(env.to_device(vectors, "cpu"), vectors)

@@ -331,3 +331,28 @@ def test_train_steps_rejects_a_zero_budget_and_mismatched_tensors():
         train_steps(model, (x, y), 0, opt)
     with pytest.raises(ValueError, match="as many inputs as targets"):
         train_steps(model, (x, y[:-1]), 3, opt)
+
+
+class _LayoutSpy(nn.Module):
+    """Records whether each input arrived in channels-last order; classifies by the mean of the first channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layouts: list[bool] = []
+        self.fc = nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+        return self.fc(x[:, :1].mean(dim=(2, 3)))
+
+
+def test_evaluation_loops_feed_channels_last_and_training_loops_do_not():
+    x, y = torch.rand(8, 3, 4, 4), torch.arange(8) % 2
+    spy = _LayoutSpy()
+    evaluate(spy, [(x, y)])
+    predict(spy, [(x, y)])
+    assert spy.layouts == [True, True]  # transferlab.env.to_device: the faster order for convolutions on a CPU
+    spy.layouts.clear()
+    train_one_epoch(spy, [(x, y)], torch.optim.SGD(spy.parameters(), lr=0.1))
+    train_steps(spy, (x, y), 2, torch.optim.SGD(spy.parameters(), lr=0.1), batch_size=4)
+    assert spy.layouts == [False, False, False]  # the hand-written loop of notebook 05, step for step

@@ -15,7 +15,15 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import torch
 
-__all__ = ["EnvReport", "environment_report", "get_device", "network_available", "num_threads", "seed_everything"]
+__all__ = [
+    "EnvReport",
+    "environment_report",
+    "get_device",
+    "network_available",
+    "num_threads",
+    "seed_everything",
+    "to_device",
+]
 
 # A host that serves torchvision's pretrained weights: reaching it means the ImageNet track can download.
 WEIGHTS_HOST = ("download.pytorch.org", 443)
@@ -56,6 +64,26 @@ def get_device(prefer: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def to_device(inputs: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``inputs`` on ``device``; a 4-D batch of images also in the channels-last memory format.
+
+    Only the order of the values in memory changes (height, width, then channel), not their shape or value, and a
+    convolution's output keeps that order. On a CPU the course's networks evaluate in it in a quarter to a third
+    less time (``benchmarks/channels_last.py``), and their outputs agree with the default order's to float rounding
+    (within 4e-6), not bit for bit. The evaluation loops (`transferlab.training.evaluate`, `predict`,
+    `transferlab.features.extract_features`, `pooled_features_at`) move every batch with it; the training loops
+    do not, so they stay step for step the loop that notebook 05 writes by hand.
+
+    Example:
+        >>> x = to_device(torch.zeros(2, 3, 8, 8), "cpu")
+        >>> x.shape, x.is_contiguous(memory_format=torch.channels_last)
+        (torch.Size([2, 3, 8, 8]), True)
+    """
+    if inputs.dim() == 4:
+        return inputs.to(device, memory_format=torch.channels_last)
+    return inputs.to(device)
 
 
 @contextmanager
