@@ -17,6 +17,8 @@ from transferlab.finetune import (
     load_data,
     load_finetuned,
     main,
+    new_lite0,
+    save_finetuned,
     train_run,
 )
 
@@ -68,6 +70,16 @@ def test_command_prints_its_numbers_saves_and_reloads_identically(folder, tmp_pa
     assert accuracy(model, data.eval["test"], data.labels["test"]) == report["test_acc"]
     with Image.open(data.paths["test"][0]) as image:
         assert torch.equal(transform(image.convert("RGB")), data.eval["test"][0])
+
+
+def test_new_lite0_trains_in_channels_last_and_the_saved_model_gives_the_very_same_logits(folder, tmp_path):
+    data = load_data(folder, 32)
+    model, _ = finetune_folder(data, "full", [3e-3], steps=2, batch_size=4, progress=False)
+    assert new_lite0(3, seed=0).conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    save_finetuned(model, tmp_path / "out", data.classes, 32)
+    loaded, _, _ = load_finetuned(tmp_path / "out")
+    with torch.no_grad():  # bit for bit: loaded in the memory order it was trained in, the same sums in the same order
+        assert torch.equal(loaded(data.eval["test"]), model.eval()(data.eval["test"]))
 
 
 def test_command_numbers_are_the_recipe_run_directly(folder, tmp_path, capsys):

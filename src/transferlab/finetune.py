@@ -162,7 +162,9 @@ def new_lite0(num_classes: int, seed: int) -> EfficientNet:
     model.load_state_dict(_imagenet_state(), strict=True)
     torch.manual_seed(seed)
     model.reset_classifier(num_classes)
-    return model
+    # channels-last memory order (only the order of the values in memory changes): on a CPU, Lite0's depthwise
+    # convolutions train in it in about a quarter less time (benchmarks/channels_last.py)
+    return model.to(memory_format=torch.channels_last)
 
 
 def probe_features(model: EfficientNet, data: FolderData, device: torch.device | str = "cpu") -> dict[str, tuple]:
@@ -357,11 +359,12 @@ def save_finetuned(
 def load_finetuned(out: str | os.PathLike) -> tuple[nn.Module, dict, nn.Module]:
     """Read what :func:`save_finetuned` wrote into a fresh Lite0: ``(model in eval mode, metadata, eval transform)``.
 
-    The weights load strictly (every tensor by name and shape); no ImageNet file is read.
+    The weights load strictly (every tensor by name and shape); no ImageNet file is read. The model is in the
+    channels-last memory order, as :func:`new_lite0` trains it, so it computes the very same logits.
     """
     out = Path(out)
     meta = json.loads((out / "model.json").read_text())
-    model = efficientnet_lite0(num_classes=len(meta["classes"]))
+    model = efficientnet_lite0(num_classes=len(meta["classes"])).to(memory_format=torch.channels_last)  # as trained
     model.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     pre = meta["preprocessing"]
     transform = WEIGHTS.transforms(crop_size=pre["crop_size"], resize_size=pre["resize_size"])
