@@ -66,7 +66,9 @@ def train_step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
     return best_of(repeats, run) / steps
 
 
-def measure(build: Callable[[], nn.Module], side: int, eval_batch: int, train_batch: int, repeats: int, steps: int):
+def measure(
+    build: Callable[[], nn.Module], side: int, eval_batch: int, train_batch: int, repeats: int, steps: int
+) -> dict:
     """One network both ways: eval-pass and training-step seconds, and the largest output difference. The
     channels-last arms time the conversion of the inputs too, as `transferlab.env.to_device` does it per batch."""
     g = torch.Generator().manual_seed(0)
