@@ -14,7 +14,6 @@ Writes src/transferlab/results/channels_last.json with the run's provenance.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from torch import nn
 from transferlab.finetune import new_lite0
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 
-from provenance import RESULTS, run_info, run_started
+from provenance import run_info, run_started, write_json
 
 CL = torch.channels_last
 
@@ -117,12 +116,7 @@ def main() -> None:
             f"{row['max_abs_output_difference']:.1e}",
             flush=True,
         )
-    out_file = RESULTS / "channels_last.json"
-    out_file.write_text(
-        json.dumps({"args": vars(args), "results": results, "provenance": run_info(started)}, indent=2, sort_keys=True)
-        + "\n"
-    )
-    print("wrote", out_file.relative_to(RESULTS.parents[1]))
+    write_json({"args": vars(args), "results": results, "provenance": run_info(started)}, "channels_last.json")
 
 
 if __name__ == "__main__":

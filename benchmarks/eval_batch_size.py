@@ -14,7 +14,6 @@ both with their heads removed. Writes src/transferlab/results/eval_batch_size.js
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from transferlab.lite0 import EfficientNetLite0_Weights, efficientnet_lite0
 from transferlab.models import TinyResNet_Weights, tiny_resnet
 
-from provenance import RESULTS, run_info, run_started
+from provenance import run_info, run_started, write_json
 
 
 def networks() -> dict[str, tuple[nn.Module, int]]:
@@ -75,12 +74,7 @@ def main() -> None:
                 flush=True,
             )
         results[name] = rows
-    out_file = RESULTS / "eval_batch_size.json"
-    out_file.write_text(
-        json.dumps({"args": vars(args), "results": results, "provenance": run_info(started)}, indent=2, sort_keys=True)
-        + "\n"
-    )
-    print("wrote", out_file.relative_to(RESULTS.parents[1]))
+    write_json({"args": vars(args), "results": results, "provenance": run_info(started)}, "eval_batch_size.json")
 
 
 if __name__ == "__main__":

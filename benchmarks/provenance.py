@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -25,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "src" / "transferlab" / "results"  # package data: notebooks read it through transferlab.results
 
-__all__ = ["RESULTS", "ROOT", "csv_header", "run_info", "run_started"]
+__all__ = ["RESULTS", "ROOT", "csv_header", "run_info", "run_started", "write_json"]
 
 
 def _git(*args: str) -> str:
@@ -75,3 +76,12 @@ def csv_header(info: dict[str, Any]) -> str:
     """The provenance as ``# key: value`` lines to put above a CSV table (``pandas.read_csv(..., comment="#")``)."""
     keys = ("command", "commit", "uncommitted_changes", "threads", "load_average_start", "load_average", "utc")
     return "".join(f"# {key}: {info[key]}\n" for key in keys)
+
+
+def write_json(data: dict[str, Any], name: str, folder: Path = RESULTS) -> Path:
+    """Write ``data`` to ``folder / name`` as indented JSON with sorted keys, say so, and return the path."""
+    out_file = folder / name
+    out_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    shown = out_file.relative_to(RESULTS.parents[1]) if out_file.is_relative_to(RESULTS.parents[1]) else out_file
+    print("wrote", shown)
+    return out_file
