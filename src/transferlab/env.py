@@ -70,8 +70,8 @@ def to_device(inputs: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """``inputs`` on ``device``; a 4-D batch of images also in the channels-last memory format.
 
     Only the order of the values in memory changes (height, width, then channel), not their shape or value, and a
-    convolution's output keeps that order. On a CPU the course's networks evaluate in it in a quarter to a third
-    less time (``benchmarks/channels_last.py``), and their outputs agree with the default order's to float rounding
+    convolution's output keeps that order. On a CPU the course's networks evaluate in it in about a third less
+    time (``benchmarks/channels_last.py``), and their outputs agree with the default order's to float rounding
     (within 4e-6), not bit for bit. The evaluation loops (`transferlab.training.evaluate`, `predict`,
     `transferlab.features.extract_features`, `pooled_features_at`) move every batch with it; the training loops
     do not, so they stay step for step the loop that notebook 05 writes by hand.
